@@ -5,11 +5,12 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import brain_like, make_subject, oblique_affine, write_nifti
 
 from mmhvae.errors import InputError
 from mmhvae.io import discover_subjects, load_subject, read_volume, write_volume
 from mmhvae.modalities import ModalitySet
+
+from conftest import brain_like, make_subject, oblique_affine, write_nifti
 
 PAPER = ModalitySet(("us", "t2", "t1c", "flair"))
 

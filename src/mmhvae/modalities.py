@@ -146,7 +146,9 @@ def _share_among_possible(branches: list[list[Subset]]) -> dict[Subset, float]:
     return dist
 
 
-def mixture_distribution(observed: Sequence[str], preset: str = "paper", anchor: str = ULTRASOUND) -> dict[Subset, float]:
+def mixture_distribution(
+    observed: Sequence[str], preset: str = "paper", anchor: str = ULTRASOUND
+) -> dict[Subset, float]:
     """Explicit weights alpha^(r)_{r'} over the non-empty subsets r' of the observed set r (Eq. 7).
 
     `observed` is r as a tuple of keys in the modality-set order; subsets keep that order.

@@ -55,7 +55,7 @@ def test_harmonisation_puts_the_wm_median_at_the_target(modality, scale, offset)
 
 
 def test_paper_values_and_overrides():
-    assert WM_MEDIAN_TARGETS["t2"] == 1 / 7 and WM_MEDIAN_TARGETS["t1c"] == 1 / 5 and WM_MEDIAN_TARGETS["flair"] == 1 / 3
+    assert (WM_MEDIAN_TARGETS["t2"], WM_MEDIAN_TARGETS["t1c"], WM_MEDIAN_TARGETS["flair"]) == (1 / 7, 1 / 5, 1 / 3)
     image, labels = tissue_volume()
     out = harmonise_target(image, labels == 3, "t1", wm_targets={"t1": 0.5})
     assert np.median(out[labels == 3]) == pytest.approx(0.5, rel=1e-5)
