@@ -18,9 +18,6 @@ from mmhvae.modalities import PAPER_MODALITIES, ModalitySet, subset_label
 
 # Verbs whose issue has not landed yet: they say so and exit 2 (usage error), never pretend.
 PLANNED_VERBS: dict[str, str] = {
-    "train": "training (the model issue)",
-    "predict": "inference (the model issue)",
-    "evaluate": "the evaluation suite",
     "ablate": "the ablation study (evaluation issue)",
     "benchmark": "the performance benchmarks",
     "register": "MR-ultrasound registration (downstream issue)",
@@ -60,6 +57,52 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_simulate(args: argparse.Namespace) -> int:
+    from mmhvae.data.phantom import simulate_cohort
+
+    cohort = simulate_cohort(args.out, subjects=args.subjects, modalities=args.modalities, size=args.size,
+                             slices=args.slices, seed=args.seed, missing=args.missing, us_engine=args.us_engine,
+                             us_probe=args.us_probe, preview=args.preview, first_index=args.first_index)
+    print(f"wrote {len(cohort['subjects'])} subjects to {args.out} (cohort.json records seed and parameters)")
+    if args.preview:
+        print(f"preview: {args.preview}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from mmhvae.train import train
+
+    model = train(args.data, args.out, args.config, max_steps=args.max_steps, max_minutes=args.max_minutes,
+                  devices=args.devices, nodes=args.nodes, resume=args.resume, accelerator=args.accelerator,
+                  progress=not args.no_progress)
+    print(f"model file: {model}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from mmhvae.predict import predict
+
+    predict(args.model, args.input, args.out, temperature=args.temperature, samples=args.samples,
+            device=args.device, inputs=args.inputs, overwrite=args.overwrite, resample_to=args.resample_to,
+            nan_to_num=args.nan_to_num)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from mmhvae.evaluate import evaluate
+
+    evaluate(args.model, args.data, args.out, temperature=args.temperature, with_lpips=not args.no_lpips,
+             overwrite=args.overwrite)
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from mmhvae.info import describe
+
+    print(describe(config=args.config, model=args.model, latency=args.latency))
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     print("mmhvae demo: the shipped model is not available yet (it comes with the model issue).")
     print("When it lands, this command will simulate a held-out phantom cohort, predict every modality from")
@@ -93,6 +136,62 @@ def build_parser() -> argparse.ArgumentParser:
                        help="resample every image onto this modality's grid instead of refusing mismatches")
     check.add_argument("--nan-to-num", action="store_true", help="replace NaN/inf voxels instead of refusing")
     check.set_defaults(func=run_check)
+
+    simulate = verbs.add_parser("simulate", help="write a seeded multimodal brain-tumour phantom cohort")
+    simulate.add_argument("--out", required=True, type=Path, help="output data folder (canonical layout)")
+    simulate.add_argument("--subjects", type=int, default=20)
+    simulate.add_argument("--modalities", default="us,t2,t1c,flair", help="from us,t1,t1c,t2,flair,pd")
+    simulate.add_argument("--size", type=int, default=64, help="in-plane grid over 96 mm (64: 1.5 mm, 192: 0.5 mm)")
+    simulate.add_argument("--slices", type=int, default=None, help="sweep depth (default 0.75 x size)")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--missing", default="remind", help="remind, complete, or MOD=P,... probabilities")
+    simulate.add_argument("--us-engine", default="fast", choices=["fast", "simus"])
+    simulate.add_argument("--us-probe", default="default", choices=["default", "alt"])
+    simulate.add_argument("--first-index", type=int, default=0, help="index of the first subject (sub-NNN)")
+    simulate.add_argument("--preview", type=Path, default=None, help="write a PNG of the first subject")
+    simulate.set_defaults(func=run_simulate)
+
+    train = verbs.add_parser("train", help="train MMHVAE on a data folder (Algorithm 1)")
+    train.add_argument("--data", required=True, type=Path, help="data folder (see README: layouts)")
+    train.add_argument("--out", required=True, type=Path, help="run folder: config, logs, checkpoints, model.pt")
+    train.add_argument("--config", default="tiny", help="tiny, paper, or a YAML file (default: tiny)")
+    train.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    train.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time")
+    train.add_argument("--devices", type=int, default=1, help="processes/GPUs per node (DDP when > 1)")
+    train.add_argument("--nodes", type=int, default=1, help="number of nodes (DDP)")
+    train.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    train.set_defaults(func=run_train)
+
+    predict = verbs.add_parser("predict", help="every modality from any subset of a subject's images")
+    predict.add_argument("--model", required=True, type=Path, help="model file or run folder")
+    predict.add_argument("--input", required=True, type=Path, help="one subject folder or a data folder")
+    predict.add_argument("--out", required=True, type=Path, help="writes OUT/<subject>/<modality>.nii.gz")
+    predict.add_argument("--temperature", type=float, default=0.5, help="posterior std scale (default 0.5)")
+    predict.add_argument("--samples", type=int, default=1, help="K samples: mean and <mod>_std.nii.gz maps")
+    predict.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    predict.add_argument("--inputs", default=None, help="use only these present modalities, e.g. t2,us")
+    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.add_argument("--resample-to", metavar="MOD", default=None, help="resample onto this modality's grid")
+    predict.add_argument("--nan-to-num", action="store_true", help="replace NaN/inf voxels instead of refusing")
+    predict.set_defaults(func=run_predict)
+
+    evaluate = verbs.add_parser("evaluate", help="PSNR/SSIM/LPIPS for every input subset and target")
+    evaluate.add_argument("--model", required=True, type=Path, help="model file or run folder")
+    evaluate.add_argument("--data", required=True, type=Path, help="test subjects (with targets or tissue maps)")
+    evaluate.add_argument("--out", required=True, type=Path, help="writes metrics.csv and table.md")
+    evaluate.add_argument("--temperature", type=float, default=0.5)
+    evaluate.add_argument("--no-lpips", action="store_true", help="skip LPIPS (the slowest metric)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace existing results")
+    evaluate.set_defaults(func=run_evaluate)
+
+    info = verbs.add_parser("info", help="modalities, parameter count and MACs per slice")
+    source = info.add_mutually_exclusive_group()
+    source.add_argument("--config", default=None, help="tiny, paper or a YAML file")
+    source.add_argument("--model", default=None, type=Path, help="a model file or run folder")
+    info.add_argument("--latency", action="store_true", help="also time one forward pass per slice")
+    info.set_defaults(func=run_info)
 
     demo = verbs.add_parser("demo", help="the main job on the embedded default (see README)")
     demo.set_defaults(func=run_demo)

@@ -21,42 +21,12 @@ from mmhvae.data.dataset import (
 from mmhvae.errors import InputError
 from mmhvae.io import discover_subjects
 
-from conftest import write_nifti
-
-SHAPE = (24, 20, 8)
-
-
-def phantom_subject(folder, modalities, seed=0, with_targets=False):
-    """Tissue labels, an ultrasound 'fan' covering slices 2..6, MR images of three tissues."""
-    rng = np.random.default_rng(seed)
-    tissue = np.zeros(SHAPE)
-    tissue[3:21, 3:17] = 2
-    tissue[6:18, 6:14] = 3
-    tissue[10:13, 9:11] = 1
-    write_nifti(folder / "tissue.nii.gz", tissue)
-    fov = np.zeros(SHAPE, bool)
-    fov[2:22, 2:18, 2:7] = True
-    means = {"t2": (0, 150, 90, 60), "t1c": (0, 30, 80, 120), "flair": (0, 20, 100, 70), "t1": (0, 30, 80, 120)}
-    for key in modalities:
-        if key == "us":
-            image = np.where(fov, 1 + rng.rayleigh(1.0, SHAPE), 0.0)
-        else:
-            image = np.vectorize(dict(enumerate(means[key])).get)(tissue.astype(int)) + rng.normal(0, 2, SHAPE) + 5
-            image *= rng.uniform(0.5, 2.0)
-        write_nifti(folder / f"{key}.nii.gz", image)
-        if with_targets and key != "us":
-            write_nifti(folder / "targets" / f"{key}.nii.gz", np.where(fov, image / image[fov].max(), 0))
-    return folder
+from conftest import SHAPE, small_cohort
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cohort")
-    patterns = [("us", "t2", "t1c", "flair"), ("us", "t1c"), ("us", "t2", "t1c"), ("us", "t1c"), ("us",),
-                ("us", "t2", "t1c"), ("us", "t1c"), ("us", "t2", "t1c")]
-    for i, mods in enumerate(patterns):
-        phantom_subject(root / f"sub{i:02d}", mods, seed=i, with_targets=(i == 0))
-    return root
+    return small_cohort(tmp_path_factory.mktemp("cohort"))
 
 
 def test_prepared_subject_scales_crop_and_skips_empty_slices(cohort):

@@ -97,8 +97,11 @@ def _harmonised_target(subject: Subject, key: str, fov: np.ndarray, config: Prep
     return out
 
 
-def prepare_subject(subject: Subject, config: PreprocessConfig) -> PreparedSubject:
-    """Normalise inputs, harmonise targets and crop MR to the ultrasound FOV (Section 4.4.1)."""
+def prepare_subject(subject: Subject, config: PreprocessConfig, with_targets: bool = True) -> PreparedSubject:
+    """Normalise inputs, harmonise targets and crop MR to the ultrasound FOV (Section 4.4.1).
+
+    Inference needs no targets (`with_targets=False`: they stay at background).
+    """
     modalities = config.modality_set
     fov = field_of_view(subject) if config.crop_to_ultrasound_fov else np.ones(subject.reference.shape, bool)
     shape = (len(modalities), *subject.reference.shape)
@@ -111,7 +114,8 @@ def prepare_subject(subject: Subject, config: PreprocessConfig) -> PreparedSubje
             inputs[index] = harmonize.normalise_input(raw, fov & np.isfinite(raw), config.input_percentile)
         except InputError as exc:
             raise InputError(f"{exc.problem} inside the field of view", subject.volumes[key].path) from None
-        targets[index] = _harmonised_target(subject, key, fov, config)
+        if with_targets:
+            targets[index] = _harmonised_target(subject, key, fov, config)
     present = np.array(subject.indicator(modalities), bool)
     prepared = PreparedSubject(subject.name, inputs, targets, present, fov, np.flatnonzero(fov.any(axis=(0, 1))),
                                subject.reference)
@@ -120,10 +124,15 @@ def prepare_subject(subject: Subject, config: PreprocessConfig) -> PreparedSubje
     return prepared
 
 
-def centre_pad_crop(array: np.ndarray, size: int, fill: float, axes: tuple[int, int]) -> np.ndarray:
-    """Centre-pad (with `fill`) or centre-crop two axes of `array` to `size` x `size`."""
+def centre_pad_crop(array: np.ndarray, size: int | tuple[int, int], fill: float, axes: tuple[int, int]) -> np.ndarray:
+    """Centre-pad (with `fill`) or centre-crop two axes of `array` to `size` (one int for a square).
+
+    Padding and cropping use the same centre convention, so pad/crop to the model grid and back restores
+    the original grid exactly (voxels cropped away come back as `fill`).
+    """
+    sizes = (size, size) if isinstance(size, int) else tuple(size)
     out = array
-    for axis in axes:
+    for axis, size in zip(axes, sizes):
         length = out.shape[axis]
         if length < size:
             before = (size - length) // 2

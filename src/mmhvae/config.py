@@ -1,0 +1,160 @@
+"""Run configuration: three dataclasses (model, data, training) read from and written to YAML.
+
+A YAML file has up to three sections, `model`, `data` and `train`; anything it leaves out keeps the
+preset's value. Unknown or wrongly typed fields are input errors naming the file and the field. The exact
+configuration of a run is written next to its checkpoints (`config.yaml`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmhvae.data.dataset import PreprocessConfig
+from mmhvae.errors import InputError
+from mmhvae.files import write_text_atomic
+from mmhvae.model.mmhvae import MMHVAEConfig
+
+PRESETS = ("tiny", "paper")
+
+
+@dataclass
+class TrainConfig:
+    """Training schedule and losses (Algorithm 1, Section 4.2; authors' choices noted)."""
+
+    batch_size: int = 16
+    passes: int = 3  # T, draws r' ~ p_alpha(. | r) per step (Algorithm 1)
+    mixture: str = "paper"  # p_alpha preset (modalities.MIXTURE_PRESETS)
+    image_loss: str = "l2"  # paper: squared error; "l1": authors' code
+    kl_weight: float = 1e-3
+    kl_warmup: float = 0.05  # fraction of max_steps over which the KL weight ramps up linearly
+    gan_weight: float = 0.025  # paper; authors' code default 0.05
+    gan_start: float = 0.8  # fraction of max_steps before which the GAN weight is 0 (paper: 800/1000 epochs)
+    gan_loss: str = "lsgan"  # "lsgan" or "paper" (Eq. 15-16)
+    memory_size: int = 64  # recent real images kept per modality for critics of missing modalities
+    lr: float = 2e-3  # Adamax (authors)
+    lr_final: float = 1e-4  # end of the cosine decay (authors)
+    critic_lr: float = 2e-4  # Adam (authors)
+    grad_clip: float = 200.0
+    ema_decay: float = 0.999
+    max_steps: int = 20_000
+    max_minutes: float | None = None
+    # An "epoch" is `checkpoint_every` steps; a checkpoint closes each one, so a resumed run restarts at an
+    # epoch boundary with the batch sampler, RNGs and memory exactly where they were.
+    checkpoint_every: int = 500
+    log_every: int = 10
+    validate_every: int = 500
+    val_fraction: float = 0.1  # of subjects, stratified, held out of training for validation
+    max_nonfinite_in_a_row: int = 20
+    seed: int = 0
+    precision: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU
+    num_workers: int = 0
+
+
+@dataclass
+class RunConfig:
+    model: MMHVAEConfig = field(default_factory=MMHVAEConfig.tiny)
+    data: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "data": _plain(dataclasses.asdict(self.data)),
+                "train": dataclasses.asdict(self.train)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether `value` (from YAML) fits a dataclass field annotation; ints are accepted for floats."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(arg, value) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (str, bool):
+        return isinstance(value, annotation)
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        item = args[0] if args else Any
+        return isinstance(value, (list, tuple)) and all(_accepts(item, v) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _update(instance: Any, values: dict[str, Any], section: str, source: str) -> Any:
+    if not isinstance(values, dict):
+        raise InputError(f"section '{section}' must be a mapping", source)
+    hints = typing.get_type_hints(type(instance))
+    names = {f.name for f in dataclasses.fields(instance)}
+    for key, value in values.items():
+        if key not in names:
+            raise InputError(f"unknown field '{section}.{key}' (known: {', '.join(sorted(names))})", source)
+        if not _accepts(hints[key], value):
+            raise InputError(f"field '{section}.{key}' has the wrong type: {value!r} (expected {hints[key]})", source)
+    merged = dataclasses.asdict(instance) | values
+    try:
+        return type(instance)(**{k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()})
+    except (ValueError, TypeError, InputError) as exc:
+        raise InputError(f"section '{section}': {exc}", source) from None
+
+
+def preset(name: str) -> RunConfig:
+    """The shipped presets: `tiny` (64x64, CPU-sized) and `paper` (Section 4.2)."""
+    if name not in PRESETS:
+        raise InputError(f"unknown config preset '{name}' (presets: {', '.join(PRESETS)}, or a .yaml file)")
+    text = resources.files("mmhvae").joinpath("configs", f"{name}.yaml").read_text()
+    return from_yaml_text(text, f"<preset {name}>", RunConfig())
+
+
+def from_yaml_text(text: str, source: str, base: RunConfig) -> RunConfig:
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", source) from None
+    if not isinstance(values, dict):
+        raise InputError("a config file must be a mapping with sections model, data, train", source)
+    unknown = sorted(set(values) - {"model", "data", "train", "base"})
+    if unknown:
+        raise InputError(f"unknown section(s) {unknown} (sections: model, data, train)", source)
+    if "base" in values:
+        base = preset(values["base"])
+    model = _update(base.model, values.get("model", {}), "model", source)
+    data = _update(base.data, values.get("data", {}), "data", source)
+    train = _update(base.train, values.get("train", {}), "train", source)
+    if tuple(data.modalities) != tuple(model.modalities):
+        data = dataclasses.replace(data, modalities=tuple(model.modalities))
+    if data.image_size != model.image_size:  # slices are fitted to the model's grid
+        data = dataclasses.replace(data, image_size=model.image_size)
+    return RunConfig(model, data, train)
+
+
+def load_config(name_or_path: str | Path) -> RunConfig:
+    """A preset name (`tiny`, `paper`) or a YAML file (optionally `base: tiny|paper` plus overrides)."""
+    if str(name_or_path) in PRESETS:
+        return preset(str(name_or_path))
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise InputError("config file does not exist (or use a preset: tiny, paper)", path)
+    return from_yaml_text(path.read_text(), str(path), RunConfig())
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,170 @@
+"""Diagonal Gaussian maths for MMHVAE: the only module where Gaussian formulas live.
+
+Everything here is pure tensor maths (no parameters), so it can be property-tested in isolation.
+Equation numbers refer to Dorent et al., "Unified Cross-Modal Medical Image Synthesis with
+Hierarchical Mixture of Product-of-Experts", TPAMI 2025.
+
+Conventions: a Gaussian is parameterised by its mean and log-variance (not log-scale); the expert
+axis of a stack of experts is dimension 1, i.e. experts have shape [B, M, ...] and the expert mask
+has shape [B, M].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def soft_clamp(x: torch.Tensor, c: float) -> torch.Tensor:
+    """Smooth clamp c * tanh(x / c) to (-c, c), used on every mean and log-variance (as in NVAE).
+
+    Unlike a hard clamp it keeps a non-zero gradient everywhere, and it bounds the precisions that
+    enter the product of experts (Eq. 14) to [exp(-c), exp(c)].
+    """
+    return c * torch.tanh(x / c)
+
+
+@dataclass
+class Gaussian:
+    """Diagonal Gaussian N(mean, diag(exp(logvar))); all operations are elementwise."""
+
+    mean: torch.Tensor
+    logvar: torch.Tensor
+
+    @classmethod
+    def from_params(cls, params: torch.Tensor, clamp: float | None = None, dim: int = 1) -> Gaussian:
+        """Split a network output into (mean, log-variance) halves along `dim`, soft-clamping both."""
+        mean, logvar = params.chunk(2, dim=dim)
+        if clamp is not None:
+            mean, logvar = soft_clamp(mean, clamp), soft_clamp(logvar, clamp)
+        return cls(mean, logvar)
+
+    @classmethod
+    def standard_like(cls, x: torch.Tensor) -> Gaussian:
+        """N(0, I) with the shape, dtype and device of `x` (the prior p(z_L) of Eq. 5)."""
+        return cls(torch.zeros_like(x), torch.zeros_like(x))
+
+    @property
+    def var(self) -> torch.Tensor:
+        return torch.exp(self.logvar)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    def sample(self, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reparameterised sample mean + temperature * std * eps.
+
+        The temperature scales the standard deviation (HVAE inference trick, Section 4.2 uses 0.5);
+        temperature 0 returns the mean itself, so deterministic inference is exact.
+        """
+        if temperature == 0:
+            return self.mean
+        eps = torch.randn(
+            self.mean.shape, generator=generator, dtype=self.mean.dtype, device=self.mean.device
+        )
+        return self.mean + temperature * self.std * eps
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Elementwise log-density log N(x; mean, var)."""
+        return -0.5 * (_LOG_2PI + self.logvar + (x - self.mean) ** 2 * torch.exp(-self.logvar))
+
+
+def kl_divergence(q: Gaussian, p: Gaussian) -> torch.Tensor:
+    """Analytic elementwise KL(q || p) between diagonal Gaussians (the regulariser of Eq. 9).
+
+    KL = 0.5 * (log var_p - log var_q + (var_q + (mu_q - mu_p)^2) / var_p - 1).
+    The variance ratio is computed as exp(logvar_q - logvar_p) so that it stays finite when both
+    variances are tiny or huge.
+    """
+    inv_var_p = torch.exp(-p.logvar)
+    return 0.5 * (
+        p.logvar - q.logvar + torch.exp(q.logvar - p.logvar) + (q.mean - p.mean) ** 2 * inv_var_p - 1.0
+    )
+
+
+def kl_single_sample(q: Gaussian, p: Gaussian, z: torch.Tensor) -> torch.Tensor:
+    """Single-sample elementwise estimate log q(z) - log p(z) of the KL term, as written in Eq. 19.
+
+    Unbiased for KL(q || p) when z ~ q; it is the estimator the paper uses, while `kl_divergence` is
+    the lower-variance analytic alternative.
+    """
+    return q.log_prob(z) - p.log_prob(z)
+
+
+def _expand_mask(mask: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Append singleton dimensions to a [B, M] mask so that it broadcasts against [B, M, ...]."""
+    mask = mask.to(torch.bool)
+    return mask.reshape(mask.shape + (1,) * (ndim - mask.ndim))
+
+
+def _fuse_in_log_space(
+    prior: Gaussian,
+    experts_mean: torch.Tensor,
+    experts_logvar: torch.Tensor,
+    mask: torch.Tensor,
+    log_weight_per_logvar: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shared core of the two fusions: weights w_k proportional to exp(a * logvar_k), a < 0.
+
+    Returns (fused mean, log of the sum of the unnormalised weights). Absent experts are replaced by
+    harmless values *before* any arithmetic and then given a log-weight of -inf, so that NaN or huge
+    values in an absent expert change neither the result nor the gradients. The prior is always
+    present, so the log-sum-exp is never over an empty set.
+    """
+    present = _expand_mask(mask, experts_mean.ndim)
+    mean_k = torch.where(present, experts_mean, torch.zeros_like(experts_mean))
+    logvar_k = torch.where(present, experts_logvar, torch.zeros_like(experts_logvar))
+    log_w_k = torch.where(present, log_weight_per_logvar * logvar_k, torch.full_like(logvar_k, -math.inf))
+
+    prior_mean = prior.mean.expand_as(mean_k[:, 0]).unsqueeze(1)
+    prior_log_w = (log_weight_per_logvar * prior.logvar).expand_as(log_w_k[:, 0]).unsqueeze(1)
+    means = torch.cat([prior_mean, mean_k], dim=1)
+    log_ws = torch.cat([prior_log_w, log_w_k], dim=1)
+
+    log_total = torch.logsumexp(log_ws, dim=1)
+    # softmax = w_k / sum(w); computing it this way never forms a precision explicitly.
+    mean = (torch.softmax(log_ws, dim=1) * means).sum(dim=1)
+    return mean, log_total
+
+
+def product_of_experts(
+    prior: Gaussian, experts_mean: torch.Tensor, experts_logvar: torch.Tensor, mask: torch.Tensor
+) -> Gaussian:
+    """Product of the prior and the observed Gaussian experts, Eq. 14 (and Eq. 13 for z_L).
+
+    precision = 1/var_prior + sum_{k observed} 1/var_k
+    mean      = (mu_prior/var_prior + sum_{k observed} mu_k/var_k) / precision
+
+    Args:
+        prior: Gaussian of shape [B, ...] (or broadcastable to it), e.g. p(z_l | z_>l).
+        experts_mean, experts_logvar: residual experts h_phi (Eq. 12), shape [B, M, ...].
+        mask: bool [B, M]; False experts contribute exactly nothing, whatever values they hold.
+
+    Computed in log-precision space with logsumexp, so it is stable for extreme log-variances.
+    """
+    mean, log_precision = _fuse_in_log_space(prior, experts_mean, experts_logvar, mask, -1.0)
+    return Gaussian(mean, -log_precision)
+
+
+def inverse_std_fusion(
+    prior: Gaussian, experts_mean: torch.Tensor, experts_logvar: torch.Tensor, mask: torch.Tensor
+) -> Gaussian:
+    """The authors' code's fusion (an option, not Eq. 14): weights are inverse standard deviations.
+
+    mean = sum_k (mu_k / sigma_k) / sum_k (1 / sigma_k),   sigma = 1 / sum_k (1 / sigma_k),
+    where k runs over the prior and the observed experts. Same arguments as `product_of_experts`.
+    """
+    mean, log_inv_std = _fuse_in_log_space(prior, experts_mean, experts_logvar, mask, -0.5)
+    return Gaussian(mean, -2.0 * log_inv_std)
+
+
+def product_of_two(a: Gaussian, b: Gaussian) -> Gaussian:
+    """Textbook (normalised) product of two Gaussians, for reference and tests of Eq. 14."""
+    precision = torch.exp(-a.logvar) + torch.exp(-b.logvar)
+    mean = (a.mean * torch.exp(-a.logvar) + b.mean * torch.exp(-b.logvar)) / precision
+    return Gaussian(mean, -torch.log(precision))

@@ -1,0 +1,534 @@
+"""The MMHVAE network: M unimodal encoders, a hierarchical top-down latent path fused by a product of
+experts at every level, and M image decoders (Sections 3.1, 3.4 and 4.2 of Dorent et al.).
+
+Indexing: the paper numbers latent groups z_1 (finest, one 8-vector per pixel) to z_L (a global
+vector). Here the network works on spatial levels s = 0 .. num_pool-1 (resolution image_size / 2**s,
+paper group l = s + 1) plus the global group l = num_pool + 1 computed from the coarsest map.
+
+Usage, "encode once, fuse many" (what training with T subsets and 15-subset inference need):
+
+    features = model.encode(images, present)            # images [B, M, H, W], present [B, M] bool
+    out = model.decode(features, subset, temperature=0.5)  # subset [B, M] bool, subset <= present
+    out.images                                          # [B, M, H, W], every modality, in [-1, 1]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmhvae.model.blocks import (
+    NORMS,
+    DecoderCell,
+    Downsample,
+    EncoderCell,
+    ResNetBlock,
+    Upsample,
+    conv1x1,
+    conv3x3,
+    make_norm,
+)
+from mmhvae.model.distributions import (
+    Gaussian,
+    inverse_std_fusion,
+    kl_divergence,
+    kl_single_sample,
+    product_of_experts,
+)
+
+TOPDOWN_MODES = ("full", "markov")
+HEAD_MODES = ("per_modality", "shared")
+FUSION_MODES = ("poe", "inverse_std", "average", "concat_zeros")
+KL_MODES = ("analytic", "sample")
+
+
+@dataclass
+class MMHVAEConfig:
+    """Architecture of an MMHVAE network. Round-trips through a plain dict (`to_dict`/`from_dict`).
+
+    Options marked "paper" are the defaults; the alternatives reproduce the authors' code or the
+    ablations of Section 4.4.2.
+    """
+
+    modalities: tuple[str, ...] = ("us", "t2", "t1c", "flair")
+    image_size: int = 64
+    # Number of stride-2 downsamplings; the coarsest map is image_size / 2**num_pool (paper: 192 -> 3).
+    num_pool: int = 4
+    base_features: int = 16
+    max_features: int = 128
+    # Channels of the spatial latent groups, finest (z_1) first; one entry per level (num_pool).
+    latent_channels: tuple[int, ...] = (8, 16, 32, 64)
+    # Size of the global latent z_L (a vector, from a Linear on the flattened coarsest map).
+    global_latent: int = 256
+    # Number L of stochastic groups, the L coarsest ones (None: all num_pool + 1). L=1 is MoPoE-like.
+    num_latent_levels: int | None = None
+    # Explicit paper group indices (1 = finest, num_pool + 1 = global), e.g. (1, 4, 7) as in Table II;
+    # overrides num_latent_levels. Non-stochastic levels are decoded deterministically.
+    latent_groups: tuple[int, ...] | None = None
+    # "full" (paper, p(z_l | z_>l)): the top-down state accumulates all coarser latents;
+    # "markov" (authors' code): the state is built from the latent just above only.
+    topdown: str = "full"
+    # "per_modality" (paper, Eq. 12: phi_l^j) or "shared" (authors' code: one head per level).
+    # Only meaningful for the product fusions; "average"/"concat_zeros" have one head per level.
+    heads: str = "per_modality"
+    # "poe" (paper, Eq. 14), "inverse_std" (authors' code), "average" / "concat_zeros" (ablations).
+    fusion: str = "poe"
+    decoder_blocks: int = 5
+    # Width of the image decoders (None: base_features).
+    decoder_features: int | None = None
+    soft_clamp: float = 10.0
+    norm: str = "instance"
+    expansion: int = 6
+    expand_kernel: int = 3
+    # Per-level KL reported by `decode`: analytic, or the single-sample estimate of Eq. 19.
+    kl: str = "analytic"
+
+    def __post_init__(self) -> None:
+        self.modalities = tuple(self.modalities)
+        self.latent_channels = tuple(int(c) for c in self.latent_channels)
+        if self.latent_groups is not None:
+            self.latent_groups = tuple(sorted({int(g) for g in self.latent_groups}))
+        self._validate()
+
+    def _validate(self) -> None:
+        def check(condition: bool, problem: str) -> None:
+            if not condition:
+                raise ValueError(f"MMHVAEConfig: {problem}")
+
+        check(len(self.modalities) > 0, "at least one modality is needed")
+        check(len(set(self.modalities)) == len(self.modalities), f"duplicate modalities {self.modalities}")
+        check(self.num_pool >= 1, "num_pool must be >= 1")
+        check(
+            self.image_size % 2**self.num_pool == 0 and self.image_size // 2**self.num_pool >= 2,
+            f"image_size {self.image_size} must be divisible by 2**num_pool = {2**self.num_pool} "
+            "and leave a coarsest map of at least 2x2 (instance norm needs > 1 pixel)",
+        )
+        check(
+            len(self.latent_channels) == self.num_pool,
+            f"latent_channels needs one entry per level ({self.num_pool}), got {self.latent_channels}",
+        )
+        check(self.topdown in TOPDOWN_MODES, f"topdown must be one of {TOPDOWN_MODES}")
+        check(self.heads in HEAD_MODES, f"heads must be one of {HEAD_MODES}")
+        check(self.fusion in FUSION_MODES, f"fusion must be one of {FUSION_MODES}")
+        check(self.kl in KL_MODES, f"kl must be one of {KL_MODES}")
+        check(self.norm in NORMS, f"norm must be one of {NORMS}")
+        top = self.num_pool + 1
+        if self.num_latent_levels is not None:
+            check(1 <= self.num_latent_levels <= top, f"num_latent_levels must be in [1, {top}]")
+        if self.latent_groups is not None:
+            check(
+                all(1 <= g <= top for g in self.latent_groups) and top in self.latent_groups,
+                f"latent_groups must lie in [1, {top}] and contain the global group {top}",
+            )
+
+    # ----- derived quantities -------------------------------------------------------------------
+
+    @property
+    def stochastic_groups(self) -> tuple[int, ...]:
+        """Paper indices of the stochastic latent groups, finest first (always ends with the global)."""
+        top = self.num_pool + 1
+        if self.latent_groups is not None:
+            return self.latent_groups
+        count = top if self.num_latent_levels is None else self.num_latent_levels
+        return tuple(range(top - count + 1, top + 1))
+
+    def features(self, level: int) -> int:
+        """Feature channels at spatial level `level` (0 = full resolution, num_pool = coarsest map)."""
+        return min(self.base_features * 2**level, self.max_features)
+
+    @property
+    def bottom_size(self) -> int:
+        return self.image_size // 2**self.num_pool
+
+    # ----- presets and serialisation ------------------------------------------------------------
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> MMHVAEConfig:
+        """64x64, a few hundred thousand parameters: tests, demos and CPU try-outs."""
+        settings: dict[str, Any] = dict(
+            image_size=64,
+            num_pool=4,
+            base_features=8,
+            max_features=32,
+            latent_channels=(4, 8, 8, 8),
+            global_latent=32,
+            decoder_blocks=1,
+            expansion=3,
+            expand_kernel=1,
+        )
+        settings.update(overrides)
+        return cls(**settings)
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> MMHVAEConfig:
+        """Section 4.2: 192x192, 6 poolings (coarsest map 3x3), L = 7 groups, z_1 = 8 x 192 x 192."""
+        settings: dict[str, Any] = dict(
+            image_size=192,
+            num_pool=6,
+            base_features=16,
+            max_features=128,
+            latent_channels=(8, 16, 32, 64, 64, 64),
+            global_latent=256,
+            decoder_blocks=5,
+        )
+        settings.update(overrides)
+        return cls(**settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (str, int, float, list, None only), safe for torch.load(weights_only=True)."""
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> MMHVAEConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"MMHVAEConfig: unknown field(s) {unknown}")
+        converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**converted)
+
+
+@dataclass
+class EncodedModalities:
+    """Bottom-up features of every modality, computed once and fused for any subset.
+
+    skips[s]: [B, M, C_s, H_s, W_s] for spatial level s (finest first); bottom: [B, M, D] flattened
+    coarsest map (input of the global expert). Entries of absent modalities are zeros and are never
+    read by `decode` (it only uses modalities with subset & present).
+    """
+
+    skips: list[Tensor]
+    bottom: Tensor
+    present: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.present.shape[0]
+
+    def index(self, rows: Tensor) -> EncodedModalities:
+        """Select/repeat samples, e.g. rows = arange(B).repeat_interleave(15) to decode 15 subsets."""
+        return EncodedModalities([s[rows] for s in self.skips], self.bottom[rows], self.present[rows])
+
+
+@dataclass
+class MMHVAEOutput:
+    """Result of one decoding pass.
+
+    images: [B, M, H, W] in [-1, 1], all modalities, decoded from z_1 (Eq. 6).
+    kl: per stochastic group, finest first (paper indices in `kl_groups`), a [B] tensor summed over
+        that group's dimensions: KL[q(z_l | x_r', z_>l) || p(z_l | z_>l)], analytic or Eq. 19's
+        single-sample estimate.
+    z1_mean: posterior mean of z_1 [B, C_1, H, W] (None if z_1 is not stochastic).
+    """
+
+    images: Tensor
+    kl: list[Tensor]
+    kl_groups: tuple[int, ...]
+    z1_mean: Tensor | None = None
+
+    @property
+    def kl_total(self) -> Tensor:
+        """Sum over groups of the per-sample KL, [B]."""
+        return torch.stack(self.kl, dim=0).sum(dim=0)
+
+
+class ModalityEncoder(nn.Module):
+    """Bottom-up encoder of one modality: stem, then per level [residual cell -> skip, stride-2 conv]."""
+
+    def __init__(self, config: MMHVAEConfig):
+        super().__init__()
+        c = config.features
+        self.stem = conv3x3(1, c(0))
+        self.cells = nn.ModuleList(EncoderCell(c(s), config.norm) for s in range(config.num_pool))
+        self.downs = nn.ModuleList(Downsample(c(s), c(s + 1)) for s in range(config.num_pool))
+        self.bottom = EncoderCell(c(config.num_pool), config.norm)
+
+    def forward(self, image: Tensor) -> tuple[list[Tensor], Tensor]:
+        """image [N, 1, H, W] -> (skips per level, flattened coarsest map [N, D])."""
+        x = self.stem(image)
+        skips = []
+        for cell, down in zip(self.cells, self.downs):
+            x = cell(x)
+            skips.append(x)
+            x = down(x)
+        return skips, self.bottom(x).flatten(1)
+
+
+def expert_head(in_channels: int, hidden: int, latent_channels: int) -> nn.Sequential:
+    """Residual expert h_phi (Eq. 12): features -> (mean, log-variance) of a spatial latent group."""
+    return nn.Sequential(
+        nn.SiLU(),
+        conv1x1(in_channels, hidden),
+        nn.SiLU(),
+        conv3x3(hidden, 2 * latent_channels),
+    )
+
+
+def image_decoder(in_channels: int, width: int, blocks: int, norm: str) -> nn.Sequential:
+    """mu_theta_j^x (Eq. 6): z_1 -> one image in [-1, 1] through `blocks` ResNet blocks."""
+    return nn.Sequential(
+        conv3x3(in_channels, width),
+        *(ResNetBlock(width, norm) for _ in range(blocks)),
+        make_norm(norm, width),
+        nn.SiLU(),
+        conv3x3(width, 1),
+        nn.Tanh(),
+    )
+
+
+class MMHVAE(nn.Module):
+    """Multi-modal hierarchical VAE with a hierarchical mixture of products of experts."""
+
+    def __init__(self, config: MMHVAEConfig):
+        super().__init__()
+        self.config = config
+        c = config.features
+        num_modalities = len(config.modalities)
+        levels = range(config.num_pool)
+        stochastic = set(config.stochastic_groups)
+        self.stochastic_levels = tuple(s for s in levels if s + 1 in stochastic)
+        product_fusion = config.fusion in ("poe", "inverse_std")
+        heads_per_level = num_modalities if product_fusion and config.heads == "per_modality" else 1
+        # How many modality feature maps a head sees next to the top-down state.
+        skip_copies = num_modalities if config.fusion == "concat_zeros" else 1
+
+        self.encoders = nn.ModuleList(ModalityEncoder(config) for _ in config.modalities)
+
+        # Global group z_L: Eq. 13 writes h_phi_L without a modality index, so one Linear is shared.
+        bottom_dim = c(config.num_pool) * config.bottom_size**2
+        self.global_experts = nn.ModuleList([nn.Linear(skip_copies * bottom_dim, 2 * config.global_latent)])
+        self.global_to_state = nn.Linear(config.global_latent, bottom_dim)
+
+        self.upsample = nn.ModuleList(Upsample(c(s + 1), c(s)) for s in levels)
+        self.cells = nn.ModuleList(
+            DecoderCell(c(s), config.expansion, config.expand_kernel, config.norm) for s in levels
+        )
+        # Per stochastic level: the conditional prior p(z_l | z_>l), the experts h, and (except for
+        # z_1, which goes straight to the image decoders) the map from z_l back into the state.
+        self.priors = nn.ModuleDict()
+        self.experts = nn.ModuleDict()
+        self.z_to_state = nn.ModuleDict()
+        for s in self.stochastic_levels:
+            z = config.latent_channels[s]
+            self.priors[str(s)] = conv1x1(c(s), 2 * z)
+            self.experts[str(s)] = nn.ModuleList(
+                expert_head((1 + skip_copies) * c(s), c(s) // 2, z) for _ in range(heads_per_level)
+            )
+            if s > 0:
+                self.z_to_state[str(s)] = conv1x1(z, c(s))
+
+        z1_stochastic = 0 in self.stochastic_levels
+        decoder_in = config.latent_channels[0] if z1_stochastic else c(0)
+        width = config.decoder_features or config.base_features
+        self.decoders = nn.ModuleList(
+            image_decoder(decoder_in, width, config.decoder_blocks, config.norm) for _ in config.modalities
+        )
+
+    # ----- construction helpers -----------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: MMHVAEConfig | Mapping[str, Any]) -> MMHVAE:
+        if not isinstance(config, MMHVAEConfig):
+            config = MMHVAEConfig.from_dict(config)
+        return cls(config)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a plain dict; `MMHVAE.from_config(model.to_dict())` rebuilds the network."""
+        return self.config.to_dict()
+
+    @property
+    def num_modalities(self) -> int:
+        return len(self.config.modalities)
+
+    # ----- bottom-up ----------------------------------------------------------------------------
+
+    def encode(self, images: Tensor, present: Tensor) -> EncodedModalities:
+        """Run each modality's encoder on the samples where that modality is present.
+
+        images: [B, M, H, W] in config.modalities order (values of absent modalities are ignored,
+        they may be anything, NaN included); present: [B, M] bool.
+        """
+        present = self._check_mask(present, images.shape[0], "present")
+        if images.ndim != 4 or images.shape[1] != self.num_modalities:
+            raise ValueError(f"images must be [B, {self.num_modalities}, H, W], got {tuple(images.shape)}")
+        size = self.config.image_size
+        if images.shape[-2:] != (size, size):
+            raise ValueError(f"images must be {size}x{size}, got {tuple(images.shape[-2:])}")
+
+        per_modality_skips, per_modality_bottom = [], []
+        for j, encoder in enumerate(self.encoders):
+            rows = present[:, j].nonzero(as_tuple=True)[0]
+            if rows.numel() == images.shape[0]:
+                skips, bottom = encoder(images[:, j].unsqueeze(1))
+            else:
+                skips, bottom = self._zero_features(images)
+                if rows.numel() > 0:
+                    found_skips, found_bottom = encoder(images[rows, j].unsqueeze(1))
+                    # index_copy (out of place) keeps the scatter differentiable.
+                    skips = [zero.index_copy(0, rows, f) for zero, f in zip(skips, found_skips)]
+                    bottom = bottom.index_copy(0, rows, found_bottom)
+            per_modality_skips.append(skips)
+            per_modality_bottom.append(bottom)
+        skips_by_level = [torch.stack(level, dim=1) for level in zip(*per_modality_skips)]
+        return EncodedModalities(skips_by_level, torch.stack(per_modality_bottom, dim=1), present)
+
+    def _zero_features(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
+        cfg, batch = self.config, images.shape[0]
+        skips = [
+            images.new_zeros(batch, cfg.features(s), cfg.image_size // 2**s, cfg.image_size // 2**s)
+            for s in range(cfg.num_pool)
+        ]
+        bottom = images.new_zeros(batch, cfg.features(cfg.num_pool) * cfg.bottom_size**2)
+        return skips, bottom
+
+    # ----- top-down -----------------------------------------------------------------------------
+
+    def decode(
+        self,
+        features: EncodedModalities,
+        subset: Tensor,
+        temperature: float = 1.0,
+        sample: bool = True,
+        kl: str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MMHVAEOutput:
+        """Sample z_L, ..., z_1 from the fused posterior q(z | x_r') of Eq. 13 and decode all images.
+
+        subset: [B, M] bool, the modalities r' fused for each sample (must be encoded: subset <=
+        features.present). Samples of one batch may use different subsets. An all-False row samples
+        from the prior. temperature scales the posterior standard deviations (0 or sample=False: use
+        the means). kl: "analytic" or "sample" (Eq. 19), default config.kl.
+        """
+        cfg = self.config
+        subset = self._check_mask(subset, features.batch_size, "subset")
+        if bool((subset & ~features.present).any()):
+            raise ValueError("subset selects a modality that was not encoded (not in `present`)")
+        kl_mode = cfg.kl if kl is None else kl
+        if kl_mode not in KL_MODES:
+            raise ValueError(f"kl must be one of {KL_MODES}, got {kl!r}")
+        temperature = temperature if sample else 0.0
+        batch = features.batch_size
+
+        kls: list[Tensor] = []
+
+        # Global group z_L with the fixed prior N(0, I) (Eq. 5, Eq. 13 first factor).
+        global_prior = Gaussian.standard_like(features.bottom.new_zeros(batch, cfg.global_latent))
+        q = self._posterior(global_prior, self.global_experts, features.bottom, None, subset)
+        z = q.sample(temperature, generator)
+        kls.append(self._kl(q, global_prior, z, kl_mode))
+        h = self.global_to_state(z).view(batch, cfg.features(cfg.num_pool), cfg.bottom_size, cfg.bottom_size)
+
+        z1_mean = None
+        decoder_input = h
+        for s in reversed(range(cfg.num_pool)):
+            state = self.cells[s](self.upsample[s](h))
+            if s not in self.stochastic_levels:
+                h = decoder_input = state
+                continue
+            prior = Gaussian.from_params(self.priors[str(s)](state), cfg.soft_clamp)
+            q = self._posterior(prior, self.experts[str(s)], features.skips[s], state, subset)
+            z = q.sample(temperature, generator)
+            kls.append(self._kl(q, prior, z, kl_mode))
+            if s == 0:
+                z1_mean, decoder_input = q.mean, z
+            elif cfg.topdown == "full":
+                h = state + self.z_to_state[str(s)](z)
+            else:
+                h = self.z_to_state[str(s)](z)
+
+        images = torch.cat([decoder(decoder_input) for decoder in self.decoders], dim=1)
+        kls.reverse()  # finest group first, as in the paper's numbering
+        return MMHVAEOutput(images=images, kl=kls, kl_groups=cfg.stochastic_groups, z1_mean=z1_mean)
+
+    def forward(
+        self,
+        images: Tensor,
+        present: Tensor,
+        subset: Tensor | None = None,
+        temperature: float = 1.0,
+        sample: bool = True,
+    ) -> MMHVAEOutput:
+        """decode(encode(images, present), subset); subset defaults to all present modalities."""
+        features = self.encode(images, present)
+        return self.decode(features, features.present if subset is None else subset, temperature, sample)
+
+    # ----- fusion -------------------------------------------------------------------------------
+
+    def _posterior(
+        self,
+        prior: Gaussian,
+        heads: nn.ModuleList,
+        skips: Tensor,
+        state: Tensor | None,
+        subset: Tensor,
+    ) -> Gaussian:
+        """q(z_l | x_r', z_>l) for one group: prior times the fused experts of the modalities in r'.
+
+        skips: [B, M, ...] modality features at this level; state: top-down state [B, C, H, W] (None
+        for the global group, whose experts see the image features only).
+        """
+        fusion = self.config.fusion
+        if fusion in ("poe", "inverse_std"):
+            params = self._run_experts(heads, skips, state, subset, 2 * prior.mean.shape[1])
+            experts = Gaussian.from_params(params, self.config.soft_clamp, dim=2)
+            fuse = product_of_experts if fusion == "poe" else inverse_std_fusion
+            return fuse(prior, experts.mean, experts.logvar, subset)
+
+        # Ablations: merge the features deterministically, then one expert times the prior (Eq. 12).
+        mask = subset.reshape(subset.shape + (1,) * (skips.ndim - 2))
+        kept = torch.where(mask, skips, torch.zeros_like(skips))
+        if fusion == "average":
+            merged = kept.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        else:  # concat_zeros
+            merged = kept.flatten(1, 2)
+        head_input = merged if state is None else torch.cat([state, merged], dim=1)
+        expert = Gaussian.from_params(heads[0](head_input), self.config.soft_clamp)
+        always = torch.ones_like(subset[:, :1])
+        return product_of_experts(prior, expert.mean.unsqueeze(1), expert.logvar.unsqueeze(1), always)
+
+    def _run_experts(
+        self, heads: nn.ModuleList, skips: Tensor, state: Tensor | None, subset: Tensor, out_channels: int
+    ) -> Tensor:
+        """Evaluate expert heads only on the (sample, modality) pairs in `subset`.
+
+        Returns [B, M, out_channels, ...]; entries outside `subset` are zeros and are masked out by
+        the fusion. With shared heads all pairs go through the one head in a single batch.
+        """
+        batch, num_modalities = subset.shape
+        spatial = skips.shape[3:]
+        rows, cols = subset.nonzero(as_tuple=True)
+        outputs, out_rows, out_cols = [], [], []
+        if len(heads) == 1:  # shared head: every (sample, modality) pair in one batch
+            groups = [(heads[0], torch.ones_like(cols, dtype=torch.bool))]
+        else:  # one head per modality j (Eq. 12's phi_l^j)
+            groups = [(head, cols == j) for j, head in enumerate(heads)]
+        for head, selected in groups:
+            if not bool(selected.any()):
+                continue
+            r, m = rows[selected], cols[selected]
+            x = skips[r, m]
+            if state is not None:
+                x = torch.cat([state[r], x], dim=1)
+            outputs.append(head(x))
+            out_rows.append(r)
+            out_cols.append(m)
+        full = skips.new_zeros(batch, num_modalities, out_channels, *spatial)
+        if outputs:
+            full = full.index_put((torch.cat(out_rows), torch.cat(out_cols)), torch.cat(outputs))
+        return full
+
+    @staticmethod
+    def _kl(q: Gaussian, p: Gaussian, z: Tensor, mode: str) -> Tensor:
+        per_dim = kl_divergence(q, p) if mode == "analytic" else kl_single_sample(q, p, z)
+        return per_dim.flatten(1).sum(dim=1)
+
+    def _check_mask(self, mask: Tensor, batch: int, name: str) -> Tensor:
+        if mask.shape != (batch, self.num_modalities):
+            raise ValueError(f"{name} must be [{batch}, {self.num_modalities}], got {tuple(mask.shape)}")
+        return mask.to(torch.bool)

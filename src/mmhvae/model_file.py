@@ -1,0 +1,95 @@
+"""The model file: one `.pt` with format version, configuration, preprocessing and weights.
+
+Loadable with `torch.load(weights_only=True)`: it holds only tensors and plain Python values, never a
+pickled class. A SHA-256 checksum of the weights is verified on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmhvae import __version__
+from mmhvae.config import RunConfig, _update
+from mmhvae.data.dataset import PreprocessConfig
+from mmhvae.errors import InputError
+from mmhvae.files import atomic_path
+from mmhvae.model.mmhvae import MMHVAE, MMHVAEConfig
+
+FORMAT = "mmhvae-model"
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format", "format_version", "model_config", "preprocess", "state_dict", "checksum")
+
+
+def weights_checksum(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, shapes, dtypes and bytes of the weights, in key order."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+@dataclass
+class LoadedModel:
+    model: MMHVAE
+    preprocess: PreprocessConfig
+    meta: dict[str, Any]
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.model.config.modalities)
+
+
+def save_model_file(path: str | Path, model: MMHVAE, preprocess: PreprocessConfig,
+                    meta: dict[str, Any] | None = None) -> Path:
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "mmhvae_version": __version__,
+        "model_config": model.config.to_dict(),
+        "preprocess": RunConfig(model.config, preprocess).to_dict()["data"],
+        "state_dict": state,
+        "checksum": weights_checksum(state),
+        "meta": meta or {},
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load and verify a model file; any problem is an InputError naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise InputError("model file does not exist", path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"not a loadable model file ({str(exc).splitlines()[0][:200]})", path) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError("not an mmhvae model file", path)
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise InputError(f"model file lacks {missing}", path)
+    if payload["format_version"] != FORMAT_VERSION:
+        raise InputError(f"model file format version {payload['format_version']} is not supported "
+                         f"(this mmhvae {__version__} reads version {FORMAT_VERSION})", path)
+    if weights_checksum(payload["state_dict"]) != payload["checksum"]:
+        raise InputError("the weights do not match their checksum (file damaged or edited)", path)
+    try:
+        model = MMHVAE.from_config(MMHVAEConfig.from_dict(payload["model_config"]))
+        model.load_state_dict(payload["state_dict"])
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise InputError(f"model file does not match its configuration ({str(exc).splitlines()[0]})", path) from None
+    preprocess = _update(PreprocessConfig(), payload["preprocess"], "preprocess", str(path))
+    return LoadedModel(model.to(device).eval(), preprocess, payload.get("meta", {}))

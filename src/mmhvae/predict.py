@@ -1,0 +1,165 @@
+"""Inference: any subset of a subject's modalities in, every modality out, on the input grid.
+
+Each present modality is encoded once per slice batch and its features are reused for every requested
+subset and sample (the subsets and samples are batched into one decoding pass). At temperature T the
+posterior standard deviations are scaled by T (0.5 by default, Section 4.2); `samples` > 1 returns the
+mean of the samples and a per-voxel standard deviation map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmhvae.data import harmonize
+from mmhvae.data.dataset import PreparedSubject, centre_pad_crop, prepare_subject
+from mmhvae.errors import InputError
+from mmhvae.io import Subject, discover_subjects, load_subject, write_volume
+from mmhvae.modalities import ModalitySet, Subset, parse_modality_list, subset_label
+from mmhvae.model.mmhvae import MMHVAE
+from mmhvae.model_file import LoadedModel, load_model_file
+
+DEFAULT_TEMPERATURE = 0.5
+
+
+@dataclass
+class Synthesis:
+    """Outputs for one subset, on the network's scale: mean (and std) [M, H, W, S]."""
+
+    subset: Subset
+    mean: np.ndarray
+    std: np.ndarray | None
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available on this machine")
+    if device not in ("cpu", "cuda", "auto"):
+        raise InputError(f"unknown device '{device}' (cpu, cuda or auto)")
+    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                        ("cpu" if device == "auto" else device))
+
+
+@torch.inference_mode()
+def synthesise(model: MMHVAE, prepared: PreparedSubject, subsets: Sequence[Subset], temperature: float =
+               DEFAULT_TEMPERATURE, samples: int = 1, slice_batch: int = 8, max_rows: int = 96,
+               generator_seed: int | None = 0) -> list[Synthesis]:
+    """Every modality from each subset in `subsets`, for every foreground slice of `prepared`.
+
+    Slices without foreground stay at background (-1). Deterministic for a given `generator_seed`.
+    """
+    modalities = ModalitySet(tuple(model.config.modalities))
+    device = next(model.parameters()).device
+    if generator_seed is not None:
+        torch.manual_seed(generator_seed)
+    masks = torch.tensor([modalities.indicator(s) for s in subsets], dtype=torch.bool, device=device)
+    if bool((masks & ~torch.from_numpy(prepared.present).to(device)).any()):
+        raise InputError(f"subject '{prepared.name}': a requested input subset includes a missing modality")
+    n_sub, n_mod = len(subsets), len(modalities)
+    shape = prepared.inputs.shape
+    sums = np.full((n_sub, *shape), 0.0, np.float64)
+    squares = np.zeros((n_sub, *shape), np.float64) if samples > 1 else None
+    present = torch.from_numpy(prepared.present).to(device)
+    for start in range(0, len(prepared.slices), slice_batch):
+        ks = prepared.slices[start:start + slice_batch]
+        x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(prepared.inputs[..., ks], -1, 0))).to(device)
+        features = model.encode(x, present.expand(len(ks), n_mod))
+        # rows: for each subset, for each sample, every slice of the chunk
+        subset_of_row = torch.arange(n_sub, device=device).repeat_interleave(samples * len(ks))
+        slice_of_row = torch.arange(len(ks), device=device).repeat(n_sub * samples)
+        images = []
+        for lo in range(0, len(slice_of_row), max_rows):
+            rows = slice(lo, lo + max_rows)
+            out = model.decode(features.index(slice_of_row[rows]), masks[subset_of_row[rows]], temperature)
+            images.append(out.images.float().cpu())
+        images = torch.cat(images).view(n_sub, samples, len(ks), n_mod, *shape[1:3]).double().numpy()
+        sums[..., ks] = np.moveaxis(images.sum(axis=1), 1, -1)
+        if squares is not None:
+            squares[..., ks] = np.moveaxis((images**2).sum(axis=1), 1, -1)
+    results = []
+    for i, subset in enumerate(subsets):
+        mean = sums[i] / samples
+        std = None
+        if squares is not None:
+            std = np.sqrt(np.maximum(squares[i] / samples - mean**2, 0.0) * samples / (samples - 1))
+        outside = np.ones(shape, bool)
+        outside[..., prepared.slices] = False
+        mean[outside] = harmonize.BACKGROUND
+        results.append(Synthesis(tuple(subset), mean.astype(np.float32),
+                                 None if std is None else std.astype(np.float32)))
+    return results
+
+
+def to_intensities(image: np.ndarray, fov: np.ndarray) -> np.ndarray:
+    """Network scale (2t - 1) back to harmonised intensities t, 0 outside the field of view."""
+    out = harmonize.network_to_target(image)
+    out[~fov] = 0.0
+    return out
+
+
+def back_to_grid(array: np.ndarray, grid_shape: tuple[int, ...], fill: float) -> np.ndarray:
+    """Undo the centre pad/crop onto the model grid: [H', W', S] -> the subject's [H, W, S]."""
+    return centre_pad_crop(array, tuple(grid_shape[:2]), fill=fill, axes=(0, 1))
+
+
+def prepare_for_model(subject: Subject, loaded: LoadedModel, inputs: Subset | None = None) -> PreparedSubject:
+    """Inputs of a subject on the model's grid, restricted to `inputs` (if given) among present modalities."""
+    if inputs is not None:
+        unknown = [k for k in inputs if k not in subject.volumes]
+        if unknown:
+            raise InputError(f"--inputs {','.join(inputs)}: subject '{subject.name}' has no {unknown}",
+                             subject.reference.path.parent if subject.reference.path else None)
+        subject = Subject(subject.name, {k: v for k, v in subject.volumes.items() if k in inputs}, subject.files,
+                          subject.seg, subject.tissue, subject.targets)
+    return prepare_subject(subject, loaded.preprocess, with_targets=False)
+
+
+def predict_subject(loaded: LoadedModel, subject: Subject, out_dir: Path, inputs: Subset | None = None,
+                    temperature: float = DEFAULT_TEMPERATURE, samples: int = 1, slice_batch: int = 8) -> list[Path]:
+    """Write OUT/<subject>/<modality>.nii.gz for every modality of the model (and `_std` maps if samples > 1)."""
+    modalities = ModalitySet(loaded.modalities)
+    prepared = prepare_for_model(subject, loaded, inputs)
+    used = modalities.from_indicator(prepared.present.astype(int))
+    (result,) = synthesise(loaded.model, prepared, [used], temperature, samples, slice_batch)
+    grid = subject.reference
+    fov_fit = prepared.fov
+    fov = back_to_grid(fov_fit, grid.shape, fill=False)
+    written = []
+    for j, key in enumerate(modalities):
+        mean = back_to_grid(to_intensities(result.mean[j], fov_fit), grid.shape, fill=0.0)
+        written.append(write_volume(out_dir / subject.name / f"{key}.nii.gz", np.where(fov, mean, 0.0), grid))
+        if result.std is not None:
+            std = back_to_grid(result.std[j] / 2.0, grid.shape, fill=0.0)  # std on the intensity scale t
+            written.append(write_volume(out_dir / subject.name / f"{key}_std.nii.gz", np.where(fov, std, 0.0), grid))
+    return written
+
+
+def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperature: float = DEFAULT_TEMPERATURE,
+            samples: int = 1, device: str = "cpu", inputs: str | None = None, overwrite: bool = False,
+            resample_to: str | None = None, nan_to_num: bool = False) -> list[Path]:
+    """The `mmhvae predict` job over one subject folder or a data folder."""
+    if samples < 1:
+        raise InputError(f"--samples must be at least 1, got {samples}")
+    if temperature < 0:
+        raise InputError(f"--temperature must be >= 0, got {temperature}")
+    loaded = load_model_file(model, resolve_device(device))
+    subjects = discover_subjects(input_dir)
+    out = Path(out)
+    wanted = parse_modality_list(inputs) if inputs else None
+    for files in subjects:
+        existing = out / files.name
+        if existing.is_dir() and any(existing.iterdir()) and not overwrite:
+            raise InputError(f"output for subject '{files.name}' already exists (use --overwrite)", existing)
+    written = []
+    for files in subjects:
+        subject = load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num)
+        used = ModalitySet(loaded.modalities).ordered(wanted) if wanted else None
+        paths = predict_subject(loaded, subject, out, used, temperature, samples)
+        print(f"{files.name}: inputs {subset_label(used or subject.present(ModalitySet(loaded.modalities)))} -> "
+              f"{len(paths)} files in {out / files.name}")
+        written += paths
+    return written

@@ -1,0 +1,390 @@
+"""Training MMHVAE with Lightning: Algorithm 1 of the paper.
+
+One step: a batch of B slices sharing one missingness pattern r; T draws r' ~ p_alpha(. | r); for each r',
+fuse only the modalities in r', decode every modality, and score reconstruction (r' ⊂ r observed) and
+synthesis (observed in r, not in r') against the harmonised targets, plus the KL of Eq. 19 and, late in
+training, the GAN term of Eq. 16. Then one update of the per-modality critics (Algorithm 1, lines 27-35),
+whose "real" sample for a modality missing from the batch comes from a memory of recent real images.
+
+Each modality present in the batch is encoded once and its features are reused for the T draws (the
+draws are batched into one decoding pass), which is exact: the encoders see only their own modality.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmhvae.config import RunConfig, load_config, save_config
+from mmhvae.data.dataset import SliceDataModule, stratified_folds
+from mmhvae.errors import InputError
+from mmhvae.io import discover_subjects
+from mmhvae.modalities import ModalitySet, SubsetSampler
+from mmhvae.model import critic as critics
+from mmhvae.model.mmhvae import MMHVAE
+from mmhvae.model_file import save_model_file
+
+MODEL_FILE = "model.pt"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced too many non-finite losses or gradients in a row."""
+
+
+def kl_weight(step: int, config) -> float:
+    """KL weight with a linear warm-up over the first `kl_warmup` fraction of training."""
+    warmup = config.kl_warmup * config.max_steps
+    return config.kl_weight * (1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup))
+
+
+def gan_weight(step: int, config) -> float:
+    """0 for the first `gan_start` fraction of training, then `gan_weight` (Section 4.2)."""
+    return config.gan_weight if config.gan_weight > 0 and step >= config.gan_start * config.max_steps else 0.0
+
+
+def image_error(prediction: Tensor, target: Tensor, kind: str) -> Tensor:
+    """Per-sample, per-modality mean error over pixels: [N, M]."""
+    error = (prediction - target) ** 2 if kind == "l2" else (prediction - target).abs()
+    return error.flatten(2).mean(dim=2)
+
+
+class MMHVAEModule(pl.LightningModule):
+    """MMHVAE, its per-modality critics, the memory of real images and an EMA copy for inference."""
+
+    def __init__(self, run: dict[str, Any]):
+        super().__init__()
+        self.save_hyperparameters({"run": run})
+        self.run_config = _run_from_dict(run)
+        cfg, train = self.run_config.model, self.run_config.train
+        self.modalities = ModalitySet(tuple(cfg.modalities))
+        self.model = MMHVAE.from_config(cfg)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.critics = critics.ModalityCritics(self.modalities.keys)
+        self.memory = critics.RealImageMemory(self.modalities.keys, train.memory_size)
+        self.memory_generator = torch.Generator().manual_seed(train.seed)
+        self.subset_sampler = SubsetSampler(train.mixture)
+        self.rng = np.random.default_rng(train.seed)
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        self._latent_generator: torch.Generator | None = None
+        self._latent_generator_state: Tensor | None = None
+        self.automatic_optimization = False
+
+    def setup(self, stage: str) -> None:
+        """Each rank of a distributed run draws its own subsets r' and latents (its batches differ too)."""
+        self.rng = np.random.default_rng([self.run_config.train.seed, self.global_rank])
+        self._latent_generator = None
+        self._latent_generator_state = None
+
+    def latent_generator(self, device: torch.device) -> torch.Generator:
+        """The generator of the latent samples: our own, so Lightning's use of the global RNG (data loader
+        seeds, validation) cannot shift it, and a resumed run draws exactly what an uninterrupted one would."""
+        if self._latent_generator is None or self._latent_generator.device != device:
+            self._latent_generator = torch.Generator(device=device)
+            self._latent_generator.manual_seed(self.run_config.train.seed * 1009 + self.global_rank)
+            if self._latent_generator_state is not None:
+                self._latent_generator.set_state(self._latent_generator_state)
+        return self._latent_generator
+
+    def on_train_epoch_start(self) -> None:
+        """New batches each epoch, reproducibly: Lightning sets the epoch of samplers, not of batch samplers."""
+        batch_sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
+        if hasattr(batch_sampler, "set_epoch"):
+            batch_sampler.set_epoch(self.current_epoch)
+
+    # ----- optimisers -----------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        train = self.run_config.train
+        generator = torch.optim.Adamax(self.model.parameters(), lr=train.lr)
+        critic = torch.optim.Adam(self.critics.parameters(), lr=train.critic_lr, betas=(0.5, 0.999))
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(generator, T_max=max(1, train.max_steps),
+                                                            eta_min=train.lr_final)
+        return [generator, critic], [{"scheduler": cosine, "interval": "step"}]
+
+    # ----- one step of Algorithm 1 --------------------------------------------------------------------
+
+    def draw_subsets(self, present: Tensor) -> Tensor:
+        """T draws r' ~ p_alpha(. | r) for the batch's pattern r, as a [T, M] bool mask (line 10)."""
+        observed = self.modalities.from_indicator([int(b) for b in present[0].tolist()])
+        draws = self.subset_sampler.sample(observed, self.rng, size=self.run_config.train.passes)
+        return torch.tensor([self.modalities.indicator(d) for d in draws], dtype=torch.bool, device=present.device)
+
+    def generator_losses(self, batch: dict[str, Tensor], subsets: Tensor) -> dict[str, Tensor]:
+        """Eq. 19 averaged over the batch and the T draws, plus the GAN term of Eq. 16."""
+        train = self.run_config.train
+        inputs, targets, present = batch["inputs"], batch["targets"], batch["present"].bool()
+        passes, size = subsets.shape[0], inputs.shape[0]
+        features = self.model.encode(inputs, present)
+        rows = torch.arange(size, device=inputs.device).repeat(passes)
+        subset = subsets.repeat_interleave(size, dim=0)
+        output = self.model.decode(features.index(rows), subset, temperature=1.0,
+                                   generator=self.latent_generator(inputs.device))
+        observed = present[rows]
+        errors = image_error(output.images, targets[rows], train.image_loss)
+        image = (errors * observed).sum(dim=1).mean()  # sum over modalities observed in r (Eq. 9)
+        pixels = inputs.shape[-1] * inputs.shape[-2] * len(self.modalities)
+        kl = output.kl_total.mean() / pixels  # nats per image pixel, as the authors normalise
+        losses = {"image": image, "kl": kl, "kl_weight": torch.tensor(kl_weight(self.global_step, train))}
+        losses["total"] = image + losses["kl_weight"] * kl
+        weight = gan_weight(self.global_step, train)
+        if weight > 0:  # Eq. 16: every modality's synthesis should look real to its critic
+            losses["gan"] = sum(critics.generator_loss(self.critics(key, output.images[:, j]), train.gan_loss)
+                                for j, key in enumerate(self.modalities))
+            losses["total"] = losses["total"] + weight * losses["gan"]
+        losses["fake"] = output.images.detach()
+        return losses
+
+    def critic_step(self, batch: dict[str, Tensor], fake: Tensor) -> Tensor | None:
+        """Algorithm 1, lines 27-35: real (or remembered real) against synthesised, per modality."""
+        targets, present = batch["targets"], batch["present"][0].bool()
+        kind = self.run_config.train.gan_loss
+        loss = None
+        for j, key in enumerate(self.modalities):
+            real = targets[:, j] if present[j] else self.memory.sample(key, targets.shape[0], self.memory_generator)
+            if real is None:  # nothing remembered yet for a modality no batch has shown
+                continue
+            term = critics.critic_loss(self.critics(key, real), self.critics(key, fake[:, j]), kind)
+            loss = term if loss is None else loss + term
+        if loss is None:
+            return None
+        optimiser = self.optimizers()[1]
+        optimiser.zero_grad()
+        self.manual_backward(loss)
+        # Stepping the wrapped optimiser directly: Lightning counts every LightningOptimizer.step as a
+        # training step, and the step count must follow the generator only (max_steps, schedules).
+        optimiser.optimizer.step()
+        return loss.detach()
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        train = self.run_config.train
+        step = self.global_step  # the step this batch updates (logged explicitly: Lightning's own column
+        # can shift by one after a resume under manual optimisation)
+        generator = self.optimizers()[0]
+        losses = self.generator_losses(batch, self.draw_subsets(batch["present"]))
+        self.remember_real_images(batch)
+        if not torch.isfinite(losses["total"]):
+            return self.skip_update("loss")
+        generator.zero_grad()
+        self.manual_backward(losses["total"])
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip)
+        if not torch.isfinite(grad_norm):
+            generator.zero_grad()
+            return self.skip_update("gradient")
+        generator.step()
+        self.lr_schedulers().step()
+        self.update_ema()
+        self.nonfinite_in_a_row = 0
+        logged = {k: v.detach() for k, v in losses.items() if k not in ("fake", "total") and v.ndim == 0}
+        logged["loss"] = losses["total"].detach()
+        if gan_weight(self.global_step, train) > 0:
+            critic = self.critic_step(batch, losses["fake"])
+            if critic is not None:
+                logged["critic"] = critic
+        logged["skipped"] = float(self.nonfinite_total)
+        logged["train_step"] = float(step)
+        shown = {k: v for k, v in logged.items() if k in ("loss", "image", "kl", "gan", "critic")}
+        self.log_dict(shown, prog_bar=True, on_step=True, batch_size=batch["inputs"].shape[0])
+        self.log_dict({k: v for k, v in logged.items() if k not in shown}, on_step=True,
+                      batch_size=batch["inputs"].shape[0])
+
+    def remember_real_images(self, batch: dict[str, Tensor]) -> None:
+        """Algorithm 1, line 30: keep real images of observed modalities for batches that miss them."""
+        present = batch["present"][0].bool()
+        for j, key in enumerate(self.modalities):
+            if present[j]:
+                self.memory.push(key, batch["targets"][:, j])
+
+    def skip_update(self, what: str) -> None:
+        """A non-finite loss or gradient: skip this update, count it, abort after too many in a row."""
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        limit = self.run_config.train.max_nonfinite_in_a_row
+        if self.nonfinite_in_a_row >= limit:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_in_a_row} non-finite {what}s in a row at step {self.global_step}: training "
+                f"diverged; lower train.lr or check the data (mmhvae check)")
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        decay = self.run_config.train.ema_decay
+        step = self.global_step
+        decay = min(decay, (1 + step) / (10 + step))  # short warm-up so early EMA weights are usable
+        for ema, live in zip(self.ema.parameters(), self.model.parameters()):
+            ema.lerp_(live.detach(), 1 - decay)
+        for ema, live in zip(self.ema.buffers(), self.model.buffers()):
+            ema.copy_(live)
+
+    # ----- validation: EMA model, temperature 0.5, all observed inputs and each single input -------------
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        inputs, targets, present = batch["inputs"], batch["targets"], batch["present"].bool()
+        features = self.ema.encode(inputs, present)
+        for name, subset in (("all", present), ("single", first_present_only(present))):
+            output = self.ema.decode(features, subset, temperature=0.5)
+            mse = ((output.images - targets) ** 2).flatten(2).mean(2)
+            mse = mse[present].clamp_min(1e-10)
+            psnr = (10 * torch.log10(4.0 / mse)).mean()  # data range 2 on the network's scale
+            self.log(f"val_psnr_{name}", psnr, batch_size=inputs.shape[0], prog_bar=(name == "all"))
+
+    # ----- exact resume: everything not in the modules' state ---------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mmhvae"] = {
+            "numpy_rng": self.rng.bit_generator.state,
+            "latent_generator": None if self._latent_generator is None else self._latent_generator.get_state(),
+            "memory": self.memory.state_dict(),
+            "memory_generator": self.memory_generator.get_state(),
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "nonfinite_total": self.nonfinite_total,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["mmhvae"]
+        self.rng.bit_generator.state = state["numpy_rng"]
+        if self.global_rank > 0:  # the checkpoint holds rank 0's state; derive a distinct stream per rank
+            self.rng = np.random.default_rng([int(self.rng.integers(2**62)), self.global_rank])
+        self._latent_generator = None
+        self._latent_generator_state = state["latent_generator"] if self.global_rank == 0 else None
+        self.memory.load_state_dict(state["memory"])
+        self.memory_generator.set_state(state["memory_generator"])
+        self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
+        self.nonfinite_total = state["nonfinite_total"]
+
+
+def first_present_only(present: Tensor) -> Tensor:
+    """For each sample, a mask with only its first present modality."""
+    first = present.float().argmax(dim=1)
+    return F.one_hot(first, present.shape[1]).bool() & present
+
+
+def _run_from_dict(values: dict[str, Any]) -> RunConfig:
+    import yaml
+
+    from mmhvae.config import from_yaml_text
+
+    return from_yaml_text(yaml.safe_dump(values), "<checkpoint>", RunConfig())
+
+
+# ----------------------------------------------------------------------------------------------------
+# The `mmhvae train` job
+# ----------------------------------------------------------------------------------------------------
+
+
+def validation_subjects(data: Path, run: RunConfig) -> list[str]:
+    """A stratified `val_fraction` of the subjects (at least one when there are 5 or more)."""
+    subjects = [s for s in discover_subjects(data) if s.present(run.data.modality_set)]
+    if run.train.val_fraction <= 0 or len(subjects) < 5:
+        return []
+    folds = min(len(subjects), max(2, round(1 / run.train.val_fraction)))
+    fold_of = stratified_folds([s.indicator(run.data.modality_set) for s in subjects], folds, run.train.seed)
+    return [s.name for s, f in zip(subjects, fold_of) if f == 0]
+
+
+def build_trainer(out: Path, run: RunConfig, devices: int = 1, nodes: int = 1, accelerator: str = "auto",
+                  progress: bool = True, stop_at_step: int | None = None, session: int = 0) -> pl.Trainer:
+    """The Lightning trainer; each call of `train` on a run folder logs to logs/session-<n>/metrics.csv."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    train = run.train
+    use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    precision = train.precision if train.precision != "auto" else ("bf16-mixed" if use_gpu else "32-true")
+    strategy = "auto"
+    if devices > 1 or nodes > 1:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(find_unused_parameters=True, process_group_backend=None if use_gpu else "gloo")
+    checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
+                                  every_n_epochs=1, save_on_train_epoch_end=True, save_top_k=1, save_last=True)
+    return pl.Trainer(
+        default_root_dir=out,
+        accelerator="gpu" if use_gpu else "cpu",
+        devices=devices,
+        num_nodes=nodes,
+        strategy=strategy,
+        precision=precision,
+        max_steps=train.max_steps if stop_at_step is None else stop_at_step,
+        max_time={"minutes": train.max_minutes} if train.max_minutes else None,
+        max_epochs=-1,
+        val_check_interval=train.validate_every,
+        check_val_every_n_epoch=None,
+        limit_val_batches=8,
+        num_sanity_val_steps=0,
+        callbacks=[checkpoints],
+        logger=CSVLogger(out, name="logs", version=f"session-{session}"),
+        log_every_n_steps=train.log_every,
+        enable_progress_bar=progress,
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+        deterministic=False,
+    )
+
+
+def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_steps: int | None = None,
+          max_minutes: float | None = None, devices: int = 1, nodes: int = 1, resume: bool = False,
+          accelerator: str = "auto", progress: bool = True, overrides: dict[str, Any] | None = None,
+          stop_at_step: int | None = None) -> Path:
+    """Train on a data folder; write the run folder (config, logs, checkpoints, model file). Returns the model.
+
+    `stop_at_step` ends this call early without changing the schedules (which follow train.max_steps), as an
+    interruption would; `resume=True` then continues the run.
+    """
+    data, out = Path(data), Path(out)
+    last = out / "checkpoints" / LAST_CHECKPOINT
+    if resume:
+        if not (out / "config.yaml").is_file() or not last.is_file():
+            raise InputError("--resume: no config.yaml and checkpoints/last.ckpt in this run folder", out)
+        run = load_config(out / "config.yaml")
+    else:
+        if (out / "config.yaml").exists():
+            raise InputError("run folder already holds a run (use --resume, or another --out)", out)
+        run = load_config(config)
+    changes = {k: v for k, v in {"max_steps": max_steps, "max_minutes": max_minutes, **(overrides or {})}.items()
+               if v is not None}
+    run = RunConfig(run.model, run.data, replace(run.train, **changes))
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(run, out / "config.yaml")
+    pl.seed_everything(run.train.seed, workers=True, verbose=False)
+    datamodule = SliceDataModule(data, run.data, batch_size=run.train.batch_size,
+                                 batches_per_epoch=run.train.checkpoint_every,
+                                 val_subjects=validation_subjects(data, run), seed=run.train.seed,
+                                 cache_dir=out / "cache", num_workers=run.train.num_workers)
+    module = MMHVAEModule(run.to_dict())
+    session = len(list((out / "logs").glob("session-*"))) if resume else 0
+    trainer = build_trainer(out, run, devices, nodes, accelerator, progress, stop_at_step, session)
+    started = time.monotonic()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    in_sync = replicas_in_sync(module.model)
+    model_path = out / MODEL_FILE
+    if trainer.is_global_zero:
+        save_model_file(model_path, module.ema, run.data, meta={
+            "steps": int(trainer.global_step), "train_minutes": (time.monotonic() - started) / 60,
+            "skipped_updates": module.nonfinite_total, "data": str(data), "config": run.to_dict(),
+            "world_size": int(trainer.world_size), "replicas_in_sync": in_sync,
+        })
+    return model_path
+
+
+def replicas_in_sync(model: torch.nn.Module) -> bool:
+    """In a distributed run, whether every rank holds bit-identical weights (True when not distributed)."""
+    import torch.distributed as dist
+
+    from mmhvae.model_file import weights_checksum
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    mine = weights_checksum(model.state_dict())
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return len(set(every)) == 1

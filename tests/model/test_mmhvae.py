@@ -1,0 +1,242 @@
+"""Tests of the MMHVAE network: shapes, subset handling, batching, options, serialisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmhvae.model.mmhvae import MMHVAE, EncodedModalities, MMHVAEConfig
+
+B, M, SIZE = 3, 4, 64
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> MMHVAE:
+    torch.manual_seed(0)
+    return MMHVAE(MMHVAEConfig.tiny())
+
+
+def random_images(batch: int = B, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, M, SIZE, SIZE, generator=generator) * 2 - 1
+
+
+def mask(*rows: str) -> torch.Tensor:
+    """mask("1100", "0010") -> bool [2, 4]."""
+    return torch.tensor([[c == "1" for c in row] for row in rows])
+
+
+def all_present(batch: int = B) -> torch.Tensor:
+    return torch.ones(batch, M, dtype=torch.bool)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_tiny_output_shapes(tiny_model: MMHVAE) -> None:
+    out = tiny_model(random_images(), all_present(), mask("1111", "1000", "0110"))
+    assert out.images.shape == (B, M, SIZE, SIZE)
+    assert out.images.abs().max() <= 1.0
+    assert out.kl_groups == (1, 2, 3, 4, 5)
+    assert len(out.kl) == 5 and all(k.shape == (B,) for k in out.kl)
+    assert out.kl_total.shape == (B,)
+    assert out.z1_mean is not None and out.z1_mean.shape == (B, 4, SIZE, SIZE)
+
+
+def test_paper_configuration_has_the_papers_size() -> None:
+    config = MMHVAEConfig.paper()
+    assert config.bottom_size == 3 and config.stochastic_groups == (1, 2, 3, 4, 5, 6, 7)
+    model = MMHVAE(config)
+    # The authors' network has 13,774,770 parameters (paper: "14M").
+    assert 13e6 <= count_parameters(model) <= 15e6
+
+
+def test_tiny_configuration_is_small(tiny_model: MMHVAE) -> None:
+    assert count_parameters(tiny_model) < 1_000_000
+
+
+def test_excluded_modality_does_not_influence_the_output(tiny_model: MMHVAE) -> None:
+    images = random_images()
+    subset = mask("1010", "0110", "1000")
+    reference = tiny_model(images, all_present(), subset, temperature=0.0)
+    changed = images.clone()
+    changed[:, 3] = torch.randn(B, SIZE, SIZE)  # flair is in no subset
+    changed[0, 1] = 5.0  # t2 is excluded for sample 0 only
+    out = tiny_model(changed, all_present(), subset, temperature=0.0)
+    torch.testing.assert_close(out.images, reference.images, rtol=0, atol=1e-6)
+    for a, b in zip(out.kl, reference.kl):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_absent_modality_may_hold_nan(tiny_model: MMHVAE) -> None:
+    images = random_images()
+    present = mask("1100", "1100", "1100")
+    images[:, 2:] = float("nan")
+    out = tiny_model(images, present, present, temperature=0.0)
+    assert torch.isfinite(out.images).all()
+    assert all(torch.isfinite(k).all() for k in out.kl)
+
+
+def test_mixed_subsets_in_one_batch_equal_separate_runs(tiny_model: MMHVAE) -> None:
+    images = random_images()
+    subsets = mask("1111", "1000", "0101")
+    features = tiny_model.encode(images, all_present())
+    together = tiny_model.decode(features, subsets, temperature=0.0)
+    for i in range(B):
+        alone = tiny_model.decode(features.index(torch.tensor([i])), subsets[i : i + 1], temperature=0.0)
+        torch.testing.assert_close(together.images[i : i + 1], alone.images, rtol=1e-4, atol=1e-5)
+        for a, b in zip(together.kl, alone.kl):
+            torch.testing.assert_close(a[i : i + 1], b, rtol=1e-4, atol=1e-4)
+
+
+def test_encode_once_fuse_many_matches_forward(tiny_model: MMHVAE) -> None:
+    images = random_images(batch=1)
+    subsets = mask("1000", "0100", "1111")
+    features = tiny_model.encode(images, all_present(1))
+    repeated = features.index(torch.zeros(3, dtype=torch.long))
+    assert isinstance(repeated, EncodedModalities) and repeated.batch_size == 3
+    batched = tiny_model.decode(repeated, subsets, temperature=0.0)
+    for i in range(3):
+        single = tiny_model(images, all_present(1), subsets[i : i + 1], temperature=0.0)
+        torch.testing.assert_close(batched.images[i : i + 1], single.images, rtol=1e-4, atol=1e-5)
+
+
+def test_encoding_only_present_samples_equals_encoding_everything(tiny_model: MMHVAE) -> None:
+    images = random_images()
+    present = mask("1111", "1001", "0111")
+    partial = tiny_model.encode(images, present)
+    full = tiny_model.encode(images, all_present())
+    for level_partial, level_full in zip(partial.skips, full.skips):
+        kept = present.reshape(B, M, 1, 1, 1)
+        torch.testing.assert_close(level_partial, torch.where(kept, level_full, 0.0), rtol=1e-4, atol=1e-5)
+        assert (level_partial[~present] == 0).all()
+
+
+def test_subset_must_be_encoded(tiny_model: MMHVAE) -> None:
+    features = tiny_model.encode(random_images(), mask("1000", "1000", "1000"))
+    with pytest.raises(ValueError, match="not encoded"):
+        tiny_model.decode(features, mask("1100", "1000", "1000"))
+    with pytest.raises(ValueError):
+        tiny_model.decode(features, torch.ones(B, 3, dtype=torch.bool))
+
+
+def test_kl_is_non_negative_and_sampling_is_stochastic(tiny_model: MMHVAE) -> None:
+    images, subset = random_images(), mask("1111", "1000", "0011")
+    torch.manual_seed(1)
+    first = tiny_model(images, all_present(), subset, temperature=1.0)
+    second = tiny_model(images, all_present(), subset, temperature=1.0)
+    assert all((k >= 0).all() for k in first.kl)
+    assert not torch.equal(first.images, second.images)
+    mean_a = tiny_model(images, all_present(), subset, temperature=0.0)
+    mean_b = tiny_model(images, all_present(), subset, temperature=0.7, sample=False)
+    torch.testing.assert_close(mean_a.images, mean_b.images)
+
+
+def test_empty_subset_samples_from_the_prior(tiny_model: MMHVAE) -> None:
+    out = tiny_model(random_images(), all_present(), torch.zeros(B, M, dtype=torch.bool), temperature=0.0)
+    assert torch.isfinite(out.images).all()
+    # q equals the prior at every level, so the analytic KL vanishes.
+    torch.testing.assert_close(out.kl_total, torch.zeros(B), atol=1e-4, rtol=0)
+
+
+def test_single_sample_kl_option(tiny_model: MMHVAE) -> None:
+    features = tiny_model.encode(random_images(), all_present())
+    out = tiny_model.decode(features, all_present(), kl="sample")
+    assert len(out.kl) == 5 and all(torch.isfinite(k).all() for k in out.kl)
+    with pytest.raises(ValueError):
+        tiny_model.decode(features, all_present(), kl="exact")
+
+
+def test_gradients_reach_every_parameter() -> None:
+    torch.manual_seed(0)
+    model = MMHVAE(MMHVAEConfig.tiny())
+    images = random_images(batch=2)
+    out = model(images, all_present(2), all_present(2))
+    loss = (out.images - images).abs().mean() + 1e-3 * out.kl_total.mean()
+    loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    assert not missing
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+VARIANTS = [
+    dict(topdown="markov"),
+    dict(heads="shared"),
+    dict(fusion="inverse_std"),
+    dict(fusion="average"),
+    dict(fusion="concat_zeros"),
+    dict(topdown="markov", heads="shared", fusion="inverse_std"),
+    dict(num_latent_levels=1),
+    dict(num_latent_levels=2),
+    dict(num_latent_levels=3),
+    dict(num_latent_levels=4),
+    dict(latent_groups=(1, 5)),
+    dict(latent_groups=(1, 3, 5), topdown="markov"),
+    dict(norm="instance_affine"),
+    dict(kl="sample"),
+]
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_options_construct_and_run(overrides: dict) -> None:
+    torch.manual_seed(0)
+    config = MMHVAEConfig.tiny(**overrides)
+    model = MMHVAE(config)
+    images = random_images(batch=2)
+    subset = mask("1010", "0100")
+    out = model(images, all_present(2), subset)
+    assert out.images.shape == (2, M, SIZE, SIZE)
+    assert len(out.kl) == len(config.stochastic_groups) and out.kl_groups == config.stochastic_groups
+    assert (out.z1_mean is not None) == (1 in config.stochastic_groups)
+    out.images.mean().add(out.kl_total.mean()).backward()
+    # Subset exclusion must hold for every fusion, ablations included.
+    changed = images.clone()
+    changed[0, 1] = -images[0, 1]
+    changed[1, 0] = 0.0
+    a = model(images, all_present(2), subset, temperature=0.0).images
+    b = model(changed, all_present(2), subset, temperature=0.0).images
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_num_latent_levels_takes_the_coarsest_groups() -> None:
+    assert MMHVAEConfig.tiny(num_latent_levels=1).stochastic_groups == (5,)
+    assert MMHVAEConfig.tiny(num_latent_levels=3).stochastic_groups == (3, 4, 5)
+    assert MMHVAEConfig.paper(latent_groups=(7, 1, 4)).stochastic_groups == (1, 4, 7)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(latent_channels=(4, 8)),
+        dict(image_size=40),
+        dict(fusion="max"),
+        dict(topdown="nvae"),
+        dict(heads="none"),
+        dict(num_latent_levels=0),
+        dict(latent_groups=(1, 2)),
+        dict(modalities=("us", "us")),
+    ],
+)
+def test_invalid_configurations_are_rejected(overrides: dict) -> None:
+    with pytest.raises(ValueError):
+        MMHVAEConfig.tiny(**overrides)
+
+
+def test_config_round_trips_through_a_plain_dict_and_a_weights_only_file(tmp_path) -> None:
+    config = MMHVAEConfig.tiny(latent_groups=(1, 3, 5), fusion="average")
+    as_dict = config.to_dict()
+    assert MMHVAEConfig.from_dict(as_dict) == config
+    with pytest.raises(ValueError, match="unknown"):
+        MMHVAEConfig.from_dict({**as_dict, "colour": "blue"})
+
+    torch.manual_seed(0)
+    model = MMHVAE.from_config(config)
+    torch.save({"config": model.to_dict(), "state_dict": model.state_dict()}, tmp_path / "model.pt")
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    restored = MMHVAE.from_config(saved["config"])
+    restored.load_state_dict(saved["state_dict"])
+    images = random_images(batch=1)
+    a = model(images, all_present(1), temperature=0.0).images
+    b = restored(images, all_present(1), temperature=0.0).images
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

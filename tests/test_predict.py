@@ -1,0 +1,118 @@
+"""Inference: header and grid kept, subsets, samples and std maps, input restriction, refusals."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mmhvae.data.dataset import PreprocessConfig
+from mmhvae.errors import InputError
+from mmhvae.io import discover_subjects, load_subject
+from mmhvae.model.mmhvae import MMHVAE, MMHVAEConfig
+from mmhvae.model_file import load_model_file, save_model_file
+from mmhvae.predict import predict, prepare_for_model, synthesise
+
+from conftest import oblique_affine, phantom_subject
+
+SMALL = MMHVAEConfig(image_size=32, num_pool=3, latent_channels=(2, 4, 4), global_latent=8, base_features=4,
+                     max_features=8, decoder_blocks=1)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = MMHVAE.from_config(SMALL).eval()
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    return save_model_file(path, model, PreprocessConfig(modalities=SMALL.modalities, image_size=32))
+
+
+def odd_oblique_subject(folder, modalities=("us", "t2", "flair")):
+    """An odd in-plane size (not the model's 32) on an oblique grid with sform code 4, qform code 1."""
+    rng = np.random.default_rng(0)
+    affine = oblique_affine(zooms=(1.1, 0.9, 2.3), angle_deg=23.0)
+    for key in modalities:
+        image = np.zeros((37, 29, 5), np.float32)
+        image[5:30, 4:25, 1:4] = 50 + 20 * rng.random((25, 21, 3))
+        nifti = nib.Nifti1Image(image, affine)
+        nifti.header.set_qform(affine, code=1)
+        nifti.header.set_sform(affine, code=4)
+        nifti.header.set_xyzt_units("mm", "sec")
+        folder.mkdir(parents=True, exist_ok=True)
+        nib.save(nifti, str(folder / f"{key}.nii.gz"))
+    return folder
+
+
+def test_outputs_keep_the_header_and_grid_of_an_odd_oblique_input(model_file, tmp_path):
+    subject = odd_oblique_subject(tmp_path / "in" / "case7")
+    predict(model_file, subject, tmp_path / "out")
+    source = nib.load(str(subject / "us.nii.gz")).header
+    for key in SMALL.modalities:
+        header = nib.load(str(tmp_path / "out" / "case7" / f"{key}.nii.gz")).header
+        assert header.get_data_shape() == (37, 29, 5)
+        for field in ("srow_x", "srow_y", "srow_z", "quatern_b", "quatern_c", "quatern_d", "qoffset_x",
+                      "qoffset_y", "qoffset_z", "pixdim", "qform_code", "sform_code", "xyzt_units"):
+            np.testing.assert_array_equal(header[field], source[field], err_msg=field)
+
+
+def test_existing_outputs_are_refused_without_overwrite(model_file, tmp_path):
+    subject = odd_oblique_subject(tmp_path / "in" / "case7")
+    predict(model_file, subject, tmp_path / "out")
+    with pytest.raises(InputError, match="already exists"):
+        predict(model_file, subject, tmp_path / "out")
+    predict(model_file, subject, tmp_path / "out", overwrite=True)
+
+
+def test_samples_write_std_maps_and_inputs_restrict_the_subset(model_file, tmp_path):
+    subject = odd_oblique_subject(tmp_path / "in" / "case7")
+    written = predict(model_file, subject, tmp_path / "out", samples=3, inputs="us")
+    names = sorted(p.name for p in written)
+    assert names == sorted([f"{k}.nii.gz" for k in SMALL.modalities] + [f"{k}_std.nii.gz" for k in SMALL.modalities])
+    std = nib.load(str(tmp_path / "out" / "case7" / "t2_std.nii.gz")).get_fdata()
+    assert std.max() > 0 and std.min() >= 0
+    with pytest.raises(InputError, match="has no"):
+        predict(model_file, subject, tmp_path / "out2", inputs="t1c")
+
+
+def test_an_excluded_modality_does_not_change_the_outputs(model_file, tmp_path):
+    loaded = load_model_file(model_file)
+    folder = phantom_subject(tmp_path / "s", ("us", "t2", "t1c", "flair"))
+    (files,) = discover_subjects(folder)
+    prepared = prepare_for_model(load_subject(files, loaded.modalities), loaded)
+    altered = prepared.inputs.copy()
+    altered[1] = np.random.default_rng(1).uniform(-1, 1, altered[1].shape)  # scramble t2
+    subsets = [("us",), ("us", "t1c", "flair")]
+    first = synthesise(loaded.model, prepared, subsets, temperature=0.5)
+    prepared.inputs = altered
+    second = synthesise(loaded.model, prepared, subsets, temperature=0.5)
+    for a, b in zip(first, second):
+        np.testing.assert_allclose(a.mean, b.mean, atol=1e-5)
+
+
+def test_batched_subsets_equal_separate_runs(model_file, tmp_path):
+    loaded = load_model_file(model_file)
+    folder = phantom_subject(tmp_path / "s", ("us", "t2", "t1c"))
+    (files,) = discover_subjects(folder)
+    prepared = prepare_for_model(load_subject(files, loaded.modalities), loaded)
+    subsets = [("us",), ("t2",), ("us", "t2", "t1c")]
+    together = synthesise(loaded.model, prepared, subsets, temperature=0.0)
+    for subset, joint in zip(subsets, together):
+        (alone,) = synthesise(loaded.model, prepared, [subset], temperature=0.0)
+        np.testing.assert_allclose(joint.mean, alone.mean, atol=1e-5)
+
+
+def test_model_file_refusals(model_file, tmp_path):
+    payload = torch.load(model_file, weights_only=True)
+    payload["state_dict"][next(iter(payload["state_dict"]))] += 1
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(InputError, match="checksum"):
+        load_model_file(tmp_path / "edited.pt")
+    payload = torch.load(model_file, weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(InputError, match="format version 99"):
+        load_model_file(tmp_path / "future.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(InputError, match="not a loadable model file"):
+        load_model_file(tmp_path / "junk.pt")
