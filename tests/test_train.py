@@ -134,3 +134,62 @@ def test_resume_continues_at_the_same_step_with_the_same_losses(cohort, config_f
     a, b = load_model_file(straight / "model.pt").model, load_model_file(run / "model.pt").model
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def cli_train(*args, env=None):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "mmhvae.cli", "train", *map(str, args), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def losses_by_step(run):
+    """Loss of each step; a step logged by two sessions (redone after a kill) keeps the last session's."""
+    return {int(float(r["train_step"])): float(r["loss"]) for r in read_log(run) if r.get("loss")}
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(cohort, config_file, tmp_path):
+    import signal
+    import time
+
+    steps = 10
+    straight = tmp_path / "straight"
+    train(cohort, straight, config_file, max_steps=steps, progress=False)
+    reference = losses_by_step(straight)
+    for kill_after in (2, 5):  # at least this many steps checkpointed before the kill
+        run = tmp_path / f"killed{kill_after}"
+        process = cli_train("--data", cohort, "--out", run, "--config", config_file, "--max-steps", steps)
+        last = run / "checkpoints" / "last.ckpt"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if last.is_file() and torch.load(last, weights_only=False)["global_step"] >= kill_after:
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        saved = torch.load(last, weights_only=False)
+        assert 0 < saved["global_step"] < steps, "kill too late for this test"
+        resumed = cli_train("--data", cohort, "--out", run, "--resume")
+        output, _ = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, output
+        logs = sorted((run / "logs").glob("session-*/metrics.csv"))
+        with open(logs[-1]) as handle:
+            first = next(r for r in csv.DictReader(handle) if r.get("loss"))
+        assert int(float(first["train_step"])) == saved["global_step"]  # continues at the saved step
+        continued = losses_by_step(run)
+        assert set(continued) == set(reference)
+        for step in reference:
+            assert continued[step] == pytest.approx(reference[step], rel=1e-4, abs=1e-6), (kill_after, step)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_keeps_replicas_in_sync(cohort, config_file, tmp_path):
+    run = tmp_path / "ddp"
+    process = cli_train("--data", cohort, "--out", run, "--config", config_file, "--max-steps", 3,
+                        "--devices", 2, "--accelerator", "cpu")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    meta = load_model_file(run / "model.pt").meta
+    assert meta["world_size"] == 2 and meta["replicas_in_sync"] is True and meta["steps"] == 3

@@ -60,10 +60,10 @@ def run_check(args: argparse.Namespace) -> int:
 def run_simulate(args: argparse.Namespace) -> int:
     from mmhvae.data.phantom import simulate_cohort
 
-    cohort = simulate_cohort(args.out, subjects=args.subjects, modalities=args.modalities, size=args.size,
+    simulate_cohort(args.out, subjects=args.subjects, modalities=args.modalities, size=args.size,
                              slices=args.slices, seed=args.seed, missing=args.missing, us_engine=args.us_engine,
                              us_probe=args.us_probe, preview=args.preview, first_index=args.first_index)
-    print(f"wrote {len(cohort['subjects'])} subjects to {args.out} (cohort.json records seed and parameters)")
+    print(f"wrote {args.subjects} subjects to {args.out} (cohort.json records seed and parameters)")
     if args.preview:
         print(f"preview: {args.preview}")
     return 0
@@ -92,7 +92,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from mmhvae.evaluate import evaluate
 
     evaluate(args.model, args.data, args.out, temperature=args.temperature, with_lpips=not args.no_lpips,
-             overwrite=args.overwrite)
+             overwrite=args.overwrite, mean_image_from=args.mean_image_from)
     return 0
 
 
@@ -104,9 +104,9 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    print("mmhvae demo: the shipped model is not available yet (it comes with the model issue).")
-    print("When it lands, this command will simulate a held-out phantom cohort, predict every modality from")
-    print("every input subset for one subject, and write NIfTI outputs, a figure and a PSNR/SSIM table.")
+    from mmhvae.demo import run_demo as demo
+
+    demo(args.out, args.model)
     return 0
 
 
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--temperature", type=float, default=0.5)
     evaluate.add_argument("--no-lpips", action="store_true", help="skip LPIPS (the slowest metric)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace existing results")
+    evaluate.add_argument("--mean-image-from", type=Path, default=None,
+                          help="training data folder: add the mean-image baseline computed on it")
     evaluate.set_defaults(func=run_evaluate)
 
     info = verbs.add_parser("info", help="modalities, parameter count and MACs per slice")
@@ -194,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=run_info)
 
     demo = verbs.add_parser("demo", help="the main job on the embedded default (see README)")
+    demo.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
+    demo.add_argument("--model", type=Path, default=None, help="model file (default: the shipped one)")
     demo.set_defaults(func=run_demo)
 
     for verb, what in PLANNED_VERBS.items():

@@ -52,6 +52,38 @@ def evaluate_subject(loaded: LoadedModel, prepared: PreparedSubject, method: str
     return rows, {r.subset: r.mean for r in results}
 
 
+def mean_images(subjects: Iterable[PreparedSubject], modalities: Sequence[str]) -> np.ndarray:
+    """The training set's mean image of each modality [M, H, W] (network scale), over the foreground slices
+    of the subjects where that modality was observed: the floor every synthesis method must beat."""
+    sums, counts = None, np.zeros(len(modalities))
+    for subject in subjects:
+        if sums is None:
+            sums = np.zeros(subject.targets.shape[:3])
+        for j in np.flatnonzero(subject.present):
+            sums[j] += subject.targets[j][..., subject.slices].sum(axis=-1)
+            counts[j] += len(subject.slices)
+    if sums is None or not counts.all():
+        missing = [m for m, c in zip(modalities, counts) if not c]
+        raise InputError(f"the mean-image baseline needs training images of every modality; none of {missing}")
+    return (sums / counts[:, None, None]).astype(np.float32)
+
+
+def evaluate_mean_image(mean: np.ndarray, prepared: PreparedSubject, modalities: Sequence[str]) -> list[dict]:
+    """Rows for the mean-image baseline: the same prediction whatever the inputs (so one row set per target)."""
+    rows = []
+    present = [m for m, p in zip(modalities, prepared.present) if p]
+    prediction = np.repeat(mean[..., None], prepared.inputs.shape[-1], axis=-1)
+    for key in present:
+        j = list(modalities).index(key)
+        for subset in non_empty_subsets(present):
+            task = "harmonisation" if key in subset else "synthesis"
+            for r in score(prediction[j], prepared.targets[j], prepared.fov, False):
+                rows.append({"subject": prepared.name, "slice": r["slice"], "method": "mean-image",
+                             "inputs": subset_label(subset), "target": key, "task": task,
+                             "psnr": r["psnr"], "ssim": r["ssim"], "lpips": float("nan")})
+    return rows
+
+
 def summarise(rows: Iterable[dict], by: Sequence[str] = ("method", "inputs", "target")) -> dict[tuple, dict]:
     """Mean and standard deviation of each metric over the rows of each group (subject-slice pairs)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -107,18 +139,27 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def evaluate(model: str | Path, data: str | Path, out: str | Path, temperature: float = DEFAULT_TEMPERATURE,
-             with_lpips: bool = True, method: str = "mmhvae", overwrite: bool = False) -> list[dict]:
-    """The `mmhvae evaluate` job: long CSV and Table I-style Markdown for every test subject in `data`."""
+             with_lpips: bool = True, method: str = "mmhvae", overwrite: bool = False,
+             mean_image_from: str | Path | None = None) -> list[dict]:
+    """The `mmhvae evaluate` job: long CSV and Table I-style Markdown for every test subject in `data`.
+
+    `mean_image_from` (a training data folder) adds the mean-image baseline computed on it.
+    """
     out = Path(out)
     if (out / "metrics.csv").exists() and not overwrite:
         raise InputError("the output folder already has results (use --overwrite)", out)
     loaded = load_model_file(model)
     config = loaded.preprocess
+    mean = None
+    if mean_image_from is not None:
+        mean = mean_images((load_prepared(f, config) for f in discover_subjects(mean_image_from)), loaded.modalities)
     rows = []
     for files in discover_subjects(data):
         prepared = load_prepared(files, config)
         subject_rows, _ = evaluate_subject(loaded, prepared, method, temperature=temperature, with_lpips=with_lpips)
         rows += subject_rows
+        if mean is not None:
+            rows += evaluate_mean_image(mean, prepared, loaded.modalities)
         print(f"{files.name}: {len(subject_rows)} slice scores")
     if not rows:
         raise InputError("no subject had a modality of the model", data)

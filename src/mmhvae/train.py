@@ -13,6 +13,7 @@ draws are batched into one decoding pass), which is exact: the encoders see only
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -291,6 +292,21 @@ def validation_subjects(data: Path, run: RunConfig) -> list[str]:
     return [s.name for s, f in zip(subjects, fold_of) if f == 0]
 
 
+def atomic_checkpoint_io():
+    """Lightning's checkpoint writer, but through a temporary file and a rename: a crash or SIGKILL while
+    saving leaves the previous checkpoint intact, never a truncated one."""
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    from mmhvae.files import atomic_path
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+
+    return AtomicCheckpointIO()
+
+
 def build_trainer(out: Path, run: RunConfig, devices: int = 1, nodes: int = 1, accelerator: str = "auto",
                   progress: bool = True, stop_at_step: int | None = None, session: int = 0) -> pl.Trainer:
     """The Lightning trainer; each call of `train` on a run folder logs to logs/session-<n>/metrics.csv."""
@@ -322,6 +338,7 @@ def build_trainer(out: Path, run: RunConfig, devices: int = 1, nodes: int = 1, a
         limit_val_batches=8,
         num_sanity_val_steps=0,
         callbacks=[checkpoints],
+        plugins=[atomic_checkpoint_io()],
         logger=CSVLogger(out, name="logs", version=f"session-{session}"),
         log_every_n_steps=train.log_every,
         enable_progress_bar=progress,
@@ -342,7 +359,12 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
     """
     data, out = Path(data), Path(out)
     last = out / "checkpoints" / LAST_CHECKPOINT
-    if resume:
+    # Lightning's DDP launcher re-runs this command in each extra process (LOCAL_RANK/NODE_RANK > 0): those
+    # follow the same settings and must neither refuse rank 0's fresh run folder nor rewrite its config.
+    launched_replica = os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+    if launched_replica:
+        run = load_config(out / "config.yaml" if resume else config)
+    elif resume:
         if not (out / "config.yaml").is_file() or not last.is_file():
             raise InputError("--resume: no config.yaml and checkpoints/last.ckpt in this run folder", out)
         run = load_config(out / "config.yaml")
@@ -354,7 +376,8 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
                if v is not None}
     run = RunConfig(run.model, run.data, replace(run.train, **changes))
     out.mkdir(parents=True, exist_ok=True)
-    save_config(run, out / "config.yaml")
+    if not launched_replica:
+        save_config(run, out / "config.yaml")
     pl.seed_everything(run.train.seed, workers=True, verbose=False)
     datamodule = SliceDataModule(data, run.data, batch_size=run.train.batch_size,
                                  batches_per_epoch=run.train.checkpoint_every,
