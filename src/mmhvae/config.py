@@ -60,7 +60,7 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    model: MMHVAEConfig = field(default_factory=MMHVAEConfig.tiny)
+    model: MMHVAEConfig = field(default_factory=MMHVAEConfig)
     data: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

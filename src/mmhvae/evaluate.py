@@ -100,6 +100,33 @@ def summarise(rows: Iterable[dict], by: Sequence[str] = ("method", "inputs", "ta
     return summary
 
 
+def subject_means(rows: Iterable[dict], by: Sequence[str] = ("method", "inputs", "target")) -> dict[tuple, dict]:
+    """Per group, the mean over subjects of each subject's mean over slices (each subject weighs the same)."""
+    per_subject = summarise(rows, ("subject", *by))
+    grouped: dict[tuple, list[dict]] = defaultdict(list)
+    for key, entry in per_subject.items():
+        grouped[key[1:]].append(entry)
+    return {key: {"subjects": len(entries), "task": entries[0]["task"],
+                  **{m: float(np.nanmean([e[m][0] for e in entries])) for m in ("psnr", "ssim")}}
+            for key, entries in grouped.items()}
+
+
+def floor_comparison(rows: list[dict], method: str = "mmhvae", floor: str = "mean-image") -> str:
+    """Markdown: for every (inputs, target), subject-averaged PSNR/SSIM of `method` and its PSNR margin over
+    the `floor` method (the mean-image baseline)."""
+    means = subject_means(rows)
+    lines = ["| inputs | target | task | subjects | PSNR | SSIM | floor PSNR | margin (dB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (name, inputs, target), entry in sorted(means.items(), key=lambda kv: (kv[0][1].count("+"), kv[0][1:])):
+        if name != method:
+            continue
+        base = means.get((floor, inputs, target))
+        base_psnr = base["psnr"] if base else float("nan")
+        lines.append(f"| {inputs} | {target} | {entry['task']} | {entry['subjects']} | {entry['psnr']:.2f} | "
+                     f"{entry['ssim']:.3f} | {base_psnr:.2f} | {entry['psnr'] - base_psnr:+.2f} |")
+    return "\n".join(lines)
+
+
 def markdown_table(rows: list[dict], modalities: Sequence[str], metric_names=("psnr", "ssim")) -> str:
     """Table I layout: rows method x input combination, columns target x metric, 'mean (sd)'."""
     summary = summarise(rows)
@@ -165,6 +192,9 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, temperature: 
         raise InputError("no subject had a modality of the model", data)
     write_csv(out / "metrics.csv", rows)
     names = ("psnr", "ssim", "lpips") if with_lpips else ("psnr", "ssim")
-    write_text_atomic(out / "table.md", markdown_table(rows, list(loaded.modalities), names) + "\n")
+    text = markdown_table(rows, list(loaded.modalities), names) + "\n"
+    if mean is not None:
+        text += "\n## Subject-averaged scores and margin over the mean-image floor\n\n" + floor_comparison(rows) + "\n"
+    write_text_atomic(out / "table.md", text)
     print(f"wrote {out / 'metrics.csv'} and {out / 'table.md'}")
     return rows

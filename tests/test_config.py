@@ -1,0 +1,64 @@
+"""Run configuration: presets, overrides, strict validation, round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmhvae.cli import main
+from mmhvae.config import load_config, save_config
+from mmhvae.errors import InputError
+
+
+def test_presets_follow_the_paper_and_the_cpu_setting():
+    paper = load_config("paper")
+    assert paper.model.image_size == 192 and paper.model.num_pool == 6
+    assert paper.model.latent_channels == (8, 16, 32, 64, 64, 64) and paper.model.global_latent == 256
+    assert paper.model.decoder_blocks == 5 and paper.model.fusion == "poe" and paper.model.topdown == "full"
+    assert (paper.train.batch_size, paper.train.passes, paper.train.kl_weight, paper.train.gan_weight) == \
+        (16, 3, 1e-3, 0.025)
+    assert paper.train.gan_start == 0.8 and paper.train.mixture == "paper" and paper.train.image_loss == "l2"
+    tiny = load_config("tiny")
+    assert tiny.model.image_size == 64 and tiny.data.image_size == 64
+
+
+def test_yaml_overrides_a_base_and_round_trips(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: paper\nmodel:\n  topdown: markov\n  heads: shared\ntrain:\n  image_loss: l1\n")
+    config = load_config(path)
+    assert config.model.topdown == "markov" and config.model.heads == "shared" and config.model.image_size == 192
+    save_config(config, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == config
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("train:\n  batch_sise: 4\n", "unknown field 'train.batch_sise'"),
+        ("train:\n  batch_size: four\n", "field 'train.batch_size' has the wrong type"),
+        ("model:\n  fusion: sum\n", "fusion must be one of"),
+        ("trian:\n  batch_size: 4\n", "unknown section"),
+        ("train: [1, 2]\n", "must be a mapping"),
+        ("model: {image_size: 100}\n", "image_size 100 must be divisible"),
+        ("- just\n- a list\n", "must be a mapping"),
+        ("train:\n  lr: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_files_are_input_errors(tmp_path, text, problem):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=problem.replace("[", r"\[")) as info:
+        load_config(path)
+    assert "bad.yaml" in str(info.value)
+
+
+def test_unknown_preset():
+    with pytest.raises(InputError, match="config file does not exist"):
+        load_config("huge")
+
+
+def test_info_reports_the_paper_parameter_count(capsys):
+    assert main(["info", "--config", "paper"]) == 0
+    out = capsys.readouterr().out
+    count = int(next(line for line in out.splitlines() if "parameters" in line).split()[-1].replace(",", ""))
+    assert 13_000_000 <= count <= 15_000_000
+    assert "MACs per slice" in out
