@@ -79,3 +79,9 @@ def test_nan_to_num_and_resample_to_flags(tmp_path):
     assert run("check", "--data", tmp_path, "--nan-to-num").returncode == 2  # grids still differ
     result = run("check", "--data", tmp_path, "--nan-to-num", "--resample-to", "us")
     assert result.returncode == 0, result.stderr
+
+
+def test_simulate_refuses_to_overwrite_a_cohort(tmp_path):
+    (tmp_path / "cohort.json").write_text("{}")
+    result = run("simulate", "--out", tmp_path, "--subjects", 1)
+    assert result.returncode == 2 and "already holds a cohort" in result.stderr

@@ -60,3 +60,27 @@ def test_mean_image_is_the_average_of_observed_training_slices(setup):
     flair = [s for s in subjects if s.present[3]]
     expected = np.mean([s.targets[3][..., k] for s in flair for k in s.slices], axis=0)
     np.testing.assert_allclose(mean[3], expected, atol=1e-5)
+
+
+def synthetic_rows(shift_b: float, seed: int = 0, n: int = 40):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        base = rng.normal(25, 2)
+        for method, shift in (("a", 0.0), ("b", shift_b), ("c", -1.0)):
+            rows.append({"subject": f"s{i % 4}", "slice": i, "method": method, "inputs": "us", "target": "t2",
+                         "task": "synthesis", "psnr": base + shift + rng.normal(0, 0.1),
+                         "ssim": 0.8 + 0.01 * shift, "lpips": 0.2 - 0.01 * shift})
+    return rows
+
+
+def test_bold_marks_a_method_significantly_better_than_all_others():
+    from mmhvae.evaluate import markdown_table, significantly_best
+
+    rows = synthetic_rows(shift_b=1.0)
+    assert significantly_best(rows, "psnr") == {("b", "us", "t2")}
+    assert significantly_best(rows, "lpips") == {("b", "us", "t2")}  # lower is better
+    table = markdown_table(rows, ["us", "t2"])
+    assert table.count("**") == 4  # PSNR and SSIM of method b
+    # a difference within the noise is not significant: nobody is bold
+    assert significantly_best(synthetic_rows(shift_b=0.01), "psnr") == set()

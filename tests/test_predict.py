@@ -116,3 +116,13 @@ def test_model_file_refusals(model_file, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(InputError, match="not a loadable model file"):
         load_model_file(tmp_path / "junk.pt")
+
+
+def test_untrained_modality_is_ignored_or_refused_with_strict(model_file, tmp_path):
+    subject = odd_oblique_subject(tmp_path / "in" / "case7", modalities=("us", "t2", "pd"))
+    with pytest.raises(InputError, match="not trained on"):
+        predict(model_file, subject, tmp_path / "strict", strict=True)
+    assert not (tmp_path / "strict").exists()
+    with pytest.warns(UserWarning, match="ignoring modalities \\['pd'\\]"):
+        written = predict(model_file, subject, tmp_path / "lenient")
+    assert len(written) == 4

@@ -60,6 +60,8 @@ def run_check(args: argparse.Namespace) -> int:
 def run_simulate(args: argparse.Namespace) -> int:
     from mmhvae.data.phantom import simulate_cohort
 
+    if (args.out / "cohort.json").exists() and not args.overwrite:
+        raise InputError("the output folder already holds a cohort (use --overwrite)", args.out)
     simulate_cohort(args.out, subjects=args.subjects, modalities=args.modalities, size=args.size,
                              slices=args.slices, seed=args.seed, missing=args.missing, us_engine=args.us_engine,
                              us_probe=args.us_probe, preview=args.preview, first_index=args.first_index)
@@ -84,7 +86,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     predict(args.model, args.input, args.out, temperature=args.temperature, samples=args.samples,
             device=args.device, inputs=args.inputs, overwrite=args.overwrite, resample_to=args.resample_to,
-            nan_to_num=args.nan_to_num)
+            nan_to_num=args.nan_to_num, strict=args.strict)
     return 0
 
 
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--us-probe", default="default", choices=["default", "alt"])
     simulate.add_argument("--first-index", type=int, default=0, help="index of the first subject (sub-NNN)")
     simulate.add_argument("--preview", type=Path, default=None, help="write a PNG of the first subject")
+    simulate.add_argument("--overwrite", action="store_true", help="write into a folder that holds a cohort")
     simulate.set_defaults(func=run_simulate)
 
     train = verbs.add_parser("train", help="train MMHVAE on a data folder (Algorithm 1)")
@@ -175,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.add_argument("--resample-to", metavar="MOD", default=None, help="resample onto this modality's grid")
     predict.add_argument("--nan-to-num", action="store_true", help="replace NaN/inf voxels instead of refusing")
+    predict.add_argument("--strict", action="store_true",
+                         help="refuse subjects with modalities the model was not trained on (default: warn, ignore)")
     predict.set_defaults(func=run_predict)
 
     evaluate = verbs.add_parser("evaluate", help="PSNR/SSIM/LPIPS for every input subset and target")

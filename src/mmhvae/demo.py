@@ -45,13 +45,16 @@ def fig3_grid(png: Path, slices: dict[str, np.ndarray], ground_truth: np.ndarray
     import matplotlib.pyplot as plt
 
     rows = list(slices.items()) + [("ground truth", ground_truth)]
+    # one grey scale per modality, from its ground truth inside the field of view
+    ranges = [(-1.0, float(np.percentile(ground_truth[j][fov], 99.5)) if fov.any() else 1.0)
+              for j in range(len(modalities))]
     fig, axes = plt.subplots(len(rows), len(modalities), figsize=(1.5 * len(modalities), 1.5 * len(rows)),
                              squeeze=False)
     for i, (label, images) in enumerate(rows):
         for j, key in enumerate(modalities):
             ax = axes[i, j]
             image = np.where(fov, images[j], -1.0)
-            ax.imshow(np.rot90(image), cmap="gray", vmin=-1, vmax=1 if key == "us" else 0.2)
+            ax.imshow(np.rot90(image), cmap="gray", vmin=ranges[j][0], vmax=ranges[j][1])
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:

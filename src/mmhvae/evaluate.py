@@ -127,9 +127,53 @@ def floor_comparison(rows: list[dict], method: str = "mmhvae", floor: str = "mea
     return "\n".join(lines)
 
 
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
+SIGNIFICANCE_LEVEL = 0.01
+
+
+def significantly_best(rows: list[dict], metric: str, alpha: float = SIGNIFICANCE_LEVEL) -> set[tuple[str, str, str]]:
+    """(method, inputs, target) cells whose method beats every other method on that cell.
+
+    As in the paper: paired two-sided Wilcoxon signed-rank tests over the same (subject, slice) pairs, one
+    per competing method, Bonferroni-corrected for the number of competitors, p < alpha; and a better mean.
+    """
+    from scipy.stats import wilcoxon
+
+    values: dict[tuple[str, str], dict[str, dict[tuple, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        value = float(r[metric])
+        if np.isfinite(value):
+            values[(r["inputs"], r["target"])][r["method"]][(r["subject"], int(r["slice"]))] = value
+    best = set()
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    for (inputs, target), by_method in values.items():
+        methods = list(by_method)
+        if len(methods) < 2:
+            continue
+        for method in methods:
+            wins = 0
+            for other in methods:
+                if other == method:
+                    continue
+                keys = sorted(set(by_method[method]) & set(by_method[other]))
+                a = np.array([by_method[method][k] for k in keys])
+                b = np.array([by_method[other][k] for k in keys])
+                if len(keys) < 6 or np.allclose(a, b) or sign * (a.mean() - b.mean()) <= 0:
+                    break
+                if wilcoxon(a, b).pvalue * (len(methods) - 1) >= alpha:
+                    break
+                wins += 1
+            if wins == len(methods) - 1:
+                best.add((method, inputs, target))
+    return best
+
+
 def markdown_table(rows: list[dict], modalities: Sequence[str], metric_names=("psnr", "ssim")) -> str:
-    """Table I layout: rows method x input combination, columns target x metric, 'mean (sd)'."""
+    """Table I layout: rows method x input combination, columns target x metric, 'mean (sd)'.
+
+    Bold: significantly better than every other method in that cell (`significantly_best`)."""
     summary = summarise(rows)
+    bold = {name: significantly_best(rows, name) for name in metric_names}
     methods = list(dict.fromkeys(r["method"] for r in rows))
     subsets = sorted({r["inputs"] for r in rows}, key=lambda s: (s.count("+"), [modalities.index(k)
                                                                                for k in s.split("+")]))
@@ -148,11 +192,15 @@ def markdown_table(rows: list[dict], modalities: Sequence[str], metric_names=("p
                     mean, sd = entry[name]
                     digits = 2 if name == "psnr" else 3
                     cell = f"{mean:.{digits}f} ({sd:.{digits}f})"
+                    if (method, inputs, target) in bold[name]:
+                        cell = f"**{cell}**"
                     cells.append(f"*{cell}*" if target in inputs.split("+") else cell)
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Italic: harmonisation (the target is among the inputs); plain: synthesis. "
-                 "Mean (sd) over slices inside the field of view; data range 2 on the network's scale.")
+                 "Mean (sd) over slices inside the field of view; data range 2 on the network's scale. "
+                 f"Bold: better than every other method, paired Wilcoxon signed-rank, Bonferroni-corrected "
+                 f"p < {SIGNIFICANCE_LEVEL}.")
     return "\n".join(lines)
 
 

@@ -140,7 +140,7 @@ def predict_subject(loaded: LoadedModel, subject: Subject, out_dir: Path, inputs
 
 def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperature: float = DEFAULT_TEMPERATURE,
             samples: int = 1, device: str = "cpu", inputs: str | None = None, overwrite: bool = False,
-            resample_to: str | None = None, nan_to_num: bool = False) -> list[Path]:
+            resample_to: str | None = None, nan_to_num: bool = False, strict: bool = False) -> list[Path]:
     """The `mmhvae predict` job over one subject folder or a data folder."""
     if samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
@@ -151,6 +151,11 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
     out = Path(out)
     wanted = parse_modality_list(inputs) if inputs else None
     for files in subjects:
+        unknown = sorted(set(files.modalities) - set(loaded.modalities))
+        if strict and unknown:
+            raise InputError(f"subject '{files.name}' has modalities {unknown} that the model was not trained on "
+                             f"({','.join(loaded.modalities)}); drop --strict to ignore them",
+                             files.modalities[unknown[0]])
         existing = out / files.name
         if existing.is_dir() and any(existing.iterdir()) and not overwrite:
             raise InputError(f"output for subject '{files.name}' already exists (use --overwrite)", existing)
