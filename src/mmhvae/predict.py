@@ -54,8 +54,10 @@ def synthesise(model: MMHVAE, prepared: PreparedSubject, subsets: Sequence[Subse
     """
     modalities = ModalitySet(tuple(model.config.modalities))
     device = next(model.parameters()).device
-    if generator_seed is not None:
-        torch.manual_seed(generator_seed)
+    generator = None
+    if generator_seed is not None:  # our own stream: reproducible, and the global RNG is left alone
+        generator = torch.Generator(device=device)
+        generator.manual_seed(generator_seed)
     masks = torch.tensor([modalities.indicator(s) for s in subsets], dtype=torch.bool, device=device)
     if bool((masks & ~torch.from_numpy(prepared.present).to(device)).any()):
         raise InputError(f"subject '{prepared.name}': a requested input subset includes a missing modality")
@@ -74,7 +76,8 @@ def synthesise(model: MMHVAE, prepared: PreparedSubject, subsets: Sequence[Subse
         images = []
         for lo in range(0, len(slice_of_row), max_rows):
             rows = slice(lo, lo + max_rows)
-            out = model.decode(features.index(slice_of_row[rows]), masks[subset_of_row[rows]], temperature)
+            out = model.decode(features.index(slice_of_row[rows]), masks[subset_of_row[rows]], temperature,
+                               generator=generator)
             images.append(out.images.float().cpu())
         images = torch.cat(images).view(n_sub, samples, len(ks), n_mod, *shape[1:3]).double().numpy()
         sums[..., ks] = np.moveaxis(images.sum(axis=1), 1, -1)
