@@ -129,6 +129,11 @@ def from_yaml_text(text: str, source: str, base: RunConfig) -> RunConfig:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", source) from None
+    return from_mapping(values, source, base)
+
+
+def from_mapping(values: Any, source: str, base: RunConfig) -> RunConfig:
+    """A run configuration from sections `model`, `data`, `train` (and `base`), validated field by field."""
     if not isinstance(values, dict):
         raise InputError("a config file must be a mapping with sections model, data, train", source)
     unknown = sorted(set(values) - {"model", "data", "train", "base"})

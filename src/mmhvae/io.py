@@ -116,7 +116,8 @@ def write_volume(path: str | Path, array: np.ndarray, like: Volume, dtype=np.flo
         raise ValueError(f"array of shape {array.shape} does not fit the grid {like.shape} of {like.path}")
     header = like.header.copy()
     header.set_data_dtype(dtype)
-    header.set_slope_inter(1.0, 0.0) if np.issubdtype(np.dtype(dtype), np.integer) else None
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        header.set_slope_inter(1.0, 0.0)
     if header["dim"][0] > 3:
         header.set_data_shape(array.shape)
     image = nib.Nifti1Image(np.asarray(array, dtype=dtype), like.affine, header)
@@ -336,11 +337,11 @@ def _check_or_resample(subject: Subject, resample_to: str | None) -> None:
         if volume.same_grid(reference):
             return volume
         if resample_to is None:
-            why = "shape" if volume.shape != reference.shape else "affine"
+            difference = (f"shape {volume.shape} differs from {reference.path.name} {reference.shape}"
+                          if volume.shape != reference.shape else f"affine differs from {reference.path.name}")
             raise InputError(
-                f"subject '{subject.name}': {why} {volume.shape if why == 'shape' else ''} differs from "
-                f"{reference.path.name} {reference.shape if why == 'shape' else ''}"
-                f"(use --resample-to MOD to resample onto one modality's grid)".replace("  ", " "),
+                f"subject '{subject.name}': {difference} "
+                "(use --resample-to MOD to resample onto one modality's grid)",
                 volume.path,
             )
         resampled = resample_onto(volume, reference, interpolation)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmhvae.config import RunConfig, load_config, save_config
+from mmhvae.config import RunConfig, from_mapping, load_config, save_config
 from mmhvae.data.dataset import SliceDataModule, stratified_folds
 from mmhvae.errors import InputError
 from mmhvae.io import discover_subjects
@@ -65,7 +65,7 @@ class MMHVAEModule(pl.LightningModule):
     def __init__(self, run: dict[str, Any]):
         super().__init__()
         self.save_hyperparameters({"run": run})
-        self.run_config = _run_from_dict(run)
+        self.run_config = from_mapping(run, "<checkpoint>", RunConfig())
         cfg, train = self.run_config.model, self.run_config.train
         self.modalities = ModalitySet(tuple(cfg.modalities))
         self.model = MMHVAE.from_config(cfg)
@@ -267,14 +267,6 @@ def first_present_only(present: Tensor) -> Tensor:
     """For each sample, a mask with only its first present modality."""
     first = present.float().argmax(dim=1)
     return F.one_hot(first, present.shape[1]).bool() & present
-
-
-def _run_from_dict(values: dict[str, Any]) -> RunConfig:
-    import yaml
-
-    from mmhvae.config import from_yaml_text
-
-    return from_yaml_text(yaml.safe_dump(values), "<checkpoint>", RunConfig())
 
 
 # ----------------------------------------------------------------------------------------------------
