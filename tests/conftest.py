@@ -38,6 +38,18 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None,
     return path
 
 
+def huge_header_file(path, shape=(20000, 20000, 400)):
+    """A .nii whose header claims a grid far too large for memory, followed by a few bytes of data only."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    header.set_qform(np.eye(4), code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(header.binaryblock + b"\x00" * 4 + b"\x00" * 1024)
+    return path
+
+
 def brain_like(shape=(20, 18, 6), seed=0) -> np.ndarray:
     """Background 0 with a textured positive blob, so foreground and percentiles are meaningful."""
     rng = np.random.default_rng(seed)

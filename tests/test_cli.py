@@ -10,7 +10,7 @@ import pytest
 
 from mmhvae.cli import PLANNED_VERBS, main
 
-from conftest import brain_like, make_subject, write_nifti
+from conftest import brain_like, huge_header_file, make_subject, write_nifti
 
 
 def run(*args):
@@ -58,6 +58,9 @@ def bad_inputs(tmp_path):
     write_nifti(tmp_path / "grid" / "s" / "us.nii.gz", brain_like((20, 18, 6)))
     write_nifti(tmp_path / "grid" / "s" / "t2.nii.gz", brain_like((20, 18, 5)))
     cases["mismatched grid"] = (["--data", tmp_path / "grid"], "t2.nii.gz: subject 's': shape")
+    huge_header_file(tmp_path / "huge" / "s" / "us.nii")
+    cases["grid too large for memory"] = (["--data", tmp_path / "huge"],
+                                          "us.nii: subject 's' (1 images of shape (20000, 20000, 400)) needs about")
     cases["unknown modality flag"] = (["--data", tmp_path / "grid", "--modalities", "us,adc"], "unknown modality 'adc'")
     return cases
 

@@ -10,7 +10,7 @@ from mmhvae.errors import InputError
 from mmhvae.io import discover_subjects, load_subject, read_volume, write_volume
 from mmhvae.modalities import ModalitySet
 
-from conftest import brain_like, make_subject, oblique_affine, write_nifti
+from conftest import brain_like, huge_header_file, make_subject, oblique_affine, write_nifti
 
 PAPER = ModalitySet(("us", "t2", "t1c", "flair"))
 
@@ -236,3 +236,23 @@ def test_affines_within_tolerance_are_one_grid(tmp_path):
     write_nifti(folder / "t2.nii.gz", brain_like(), oblique_affine(origin=(-40.3 + 5e-4, 25.1, -7.7)))
     (files,) = discover_subjects(folder)
     assert len(load_subject(files, PAPER).volumes) == 2
+
+
+def test_a_grid_too_large_for_memory_is_refused_before_reading(tmp_path):
+    path = huge_header_file(tmp_path / "s1" / "us.nii")
+    with pytest.raises(InputError, match="GiB of memory") as error:
+        read_volume(path)  # without the estimate, this would fail later as a truncated file
+    assert error.value.path == path
+    with pytest.raises(InputError, match=r"subject 's1' \(1 images of shape \(20000, 20000, 400\)\)"):
+        load_subject(discover_subjects(tmp_path)[0])
+
+
+def test_memory_estimate_counts_every_modality_and_honours_the_limit(tmp_path, monkeypatch):
+    make_subject(tmp_path / "s1", ("us", "t2", "t1c"), shape=(20, 18, 6))
+    files = discover_subjects(tmp_path)[0]
+    needed = 20 * 18 * 6 * 3 * 4 * 4  # voxels x modalities x float32 bytes x working copies
+    monkeypatch.setenv("MMHVAE_MEMORY_LIMIT_GB", str(needed / 2**30 * 1.01))
+    assert load_subject(files).volumes.keys() == {"us", "t2", "t1c"}
+    monkeypatch.setenv("MMHVAE_MEMORY_LIMIT_GB", str(needed / 2**30 * 0.99))
+    with pytest.raises(InputError, match="3 images of shape"):
+        load_subject(files)

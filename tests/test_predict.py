@@ -126,3 +126,23 @@ def test_untrained_modality_is_ignored_or_refused_with_strict(model_file, tmp_pa
     with pytest.warns(UserWarning, match="ignoring modalities \\['pd'\\]"):
         written = predict(model_file, subject, tmp_path / "lenient")
     assert len(written) == 4
+
+
+def test_every_bad_input_exits_2_with_one_line_and_writes_nothing(model_file, tmp_path, capsys):
+    from mmhvae.cli import main
+    from test_cli import bad_inputs
+
+    cases = bad_inputs(tmp_path / "cases")
+    good = odd_oblique_subject(tmp_path / "mixed" / "a-good-subject")
+    bad = tmp_path / "mixed" / "b-bad-subject"
+    bad.mkdir()
+    (bad / "t2.nii.gz").write_text("not an image")
+    cases["a bad subject after a good one"] = (["--data", good.parent], "t2.nii.gz: cannot read as NIfTI")
+    for name, (argv, expected) in cases.items():
+        if "--modalities" in argv:
+            continue  # a flag of `check` only
+        out = tmp_path / "out" / name.replace(" ", "-")
+        code = main(["predict", "--model", str(model_file), "--input", str(argv[1]), "--out", str(out)])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and expected in lines[0], (name, lines)
+        assert not out.exists(), f"{name}: something was written"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -88,6 +90,7 @@ from mmhvae.files import write_text_atomic
 from mmhvae.io import new_volume, write_volume
 target = sys.argv[1]
 volume = new_volume(np.zeros((40, 40, 20), np.float32), np.eye(4))
+open(target + '.started', 'w').close()
 i = 0
 while True:
     i += 1
@@ -102,8 +105,13 @@ def test_a_writer_killed_at_random_moments_never_leaves_a_partial_file(tmp_path)
     target = tmp_path / "out"
     seen = 0
     for _ in range(12):
+        started = tmp_path / "out.started"
+        started.unlink(missing_ok=True)
         process = subprocess.Popen([sys.executable, "-c", WRITER, str(target)])
-        time.sleep(float(rng.uniform(0.3, 1.2)))
+        deadline = time.monotonic() + 120  # imports can take long on a loaded machine
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(float(rng.uniform(0.05, 0.6)))
         process.send_signal(signal.SIGKILL)
         process.wait()
         if (tmp_path / "out.txt").exists():
@@ -114,3 +122,12 @@ def test_a_writer_killed_at_random_moments_never_leaves_a_partial_file(tmp_path)
             array = read_volume(tmp_path / "out.nii.gz").array
             assert array.shape == (40, 40, 20) and len(np.unique(array)) == 1
     assert seen >= 6, "the writer was killed before writing anything too often to test anything"
+    # The next write removes the hidden temporaries the killed writers left (and only those).
+    from mmhvae.files import write_text_atomic
+
+    assert list(tmp_path.glob(".*")), "no kill landed mid-write: the clean-up below would test nothing"
+    live = tmp_path / f".out.txt.{socket.gethostname().replace('.', '_')}-{os.getpid()}.abcd1234.tmp.txt"
+    live.write_text("a live writer's temporary")
+    write_text_atomic(tmp_path / "out.txt", "final")
+    left = sorted(p.name for p in tmp_path.glob(".*"))
+    assert left == [live.name], left

@@ -150,38 +150,90 @@ def losses_by_step(run):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_an_uninterrupted_run(cohort, config_file, tmp_path):
+def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(cohort, config_file, tmp_path):
+    """Five SIGKILLs of one run at random moments (mid-step, mid-checkpoint, before the first checkpoint),
+    each followed by --resume: the run ends at the same losses as an uninterrupted one."""
+    import random
     import signal
     import time
 
-    steps = 10
+    steps = 12
     straight = tmp_path / "straight"
     train(cohort, straight, config_file, max_steps=steps, progress=False)
     reference = losses_by_step(straight)
-    for kill_after in (2, 5):  # at least this many steps checkpointed before the kill
-        run = tmp_path / f"killed{kill_after}"
-        process = cli_train("--data", cohort, "--out", run, "--config", config_file, "--max-steps", steps)
-        last = run / "checkpoints" / "last.ckpt"
+    run = tmp_path / "killed"
+    last = run / "checkpoints" / "last.ckpt"
+    chance = random.Random(7)
+    kills = []
+    for attempt in range(5):
+        # Wait for a random amount of progress past the last checkpoint (0: kill while starting up),
+        # then a random fraction of a second more, so kills land anywhere in a step or a save.
+        saved_before = torch.load(last, weights_only=False)["global_step"] if last.is_file() else 0
+        wait_for = saved_before + chance.choice([0, 2, 2, 4]) if attempt else 0
+        args = ("--resume",) if attempt else ("--config", config_file, "--max-steps", steps)
+        process = cli_train("--data", cohort, "--out", run, *args)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if last.is_file() and torch.load(last, weights_only=False)["global_step"] >= kill_after:
+        while time.monotonic() < deadline and process.poll() is None:
+            if wait_for == 0 and (run / "config.yaml").is_file():
                 break
-            time.sleep(0.05)
+            if last.is_file() and torch.load(last, weights_only=False)["global_step"] >= wait_for > 0:
+                break
+            time.sleep(0.02)
+        time.sleep(chance.uniform(0.0, 0.4))
+        if process.poll() is not None:
+            break  # finished before the kill: nothing left to interrupt
         process.send_signal(signal.SIGKILL)
         process.wait()
-        saved = torch.load(last, weights_only=False)
-        assert 0 < saved["global_step"] < steps, "kill too late for this test"
-        resumed = cli_train("--data", cohort, "--out", run, "--resume")
-        output, _ = resumed.communicate(timeout=300)
-        assert resumed.returncode == 0, output
-        logs = sorted((run / "logs").glob("session-*/metrics.csv"))
-        with open(logs[-1]) as handle:
-            first = next(r for r in csv.DictReader(handle) if r.get("loss"))
-        assert int(float(first["train_step"])) == saved["global_step"]  # continues at the saved step
-        continued = losses_by_step(run)
-        assert set(continued) == set(reference)
-        for step in reference:
-            assert continued[step] == pytest.approx(reference[step], rel=1e-4, abs=1e-6), (kill_after, step)
+        kills.append(torch.load(last, weights_only=False)["global_step"] if last.is_file() else None)
+    assert len(kills) >= 4, kills
+    resumed = cli_train("--data", cohort, "--out", run, "--resume")
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert load_model_file(run / "model.pt").meta["steps"] == steps
+    assert not list((run / "checkpoints").glob(".*.tmp*")), "stale temporary checkpoint left behind"
+    continued = losses_by_step(run)
+    assert set(continued) == set(reference), kills
+    for step in reference:
+        assert continued[step] == pytest.approx(reference[step], rel=1e-4, abs=1e-6), (kills, step)
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(cohort, config_file, tmp_path, monkeypatch):
+    import errno
+
+    real_save = torch.save
+    checkpoint_saves = []
+
+    def save_on_a_disk_that_fills_up(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "global_step" in obj:
+            checkpoint_saves.append(obj["global_step"])
+            if obj["global_step"] > 2:  # the step-2 checkpoint fits; the next one fills the disk half-way
+                with open(f, "wb") as handle:
+                    handle.write(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(torch, "save", save_on_a_disk_that_fills_up)
+    with pytest.raises(InputError, match="No space left on device.*previous checkpoint is intact"):
+        train(cohort, run, config_file, max_steps=6, progress=False)
+    monkeypatch.undo()
+    last = run / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 2
+    assert not list((run / "checkpoints").glob(".*")), "temporary file left behind"
+    assert not (run / "model.pt").exists()
+    train(cohort, run, resume=True, progress=False)  # once there is space again, the run continues
+    assert load_model_file(run / "model.pt").meta["steps"] == 6
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_again(cohort, config_file, tmp_path):
+    run = tmp_path / "run"
+    train(cohort, run, config_file, max_steps=4, progress=False, stop_at_step=1)
+    (run / "checkpoints" / "last.ckpt").unlink()  # as if killed before the first save
+    for stale in (run / "checkpoints").glob("*.ckpt"):
+        stale.unlink()
+    with pytest.warns(UserWarning, match="before its first checkpoint"):
+        train(cohort, run, resume=True, progress=False)
+    assert load_model_file(run / "model.pt").meta["steps"] == 4
 
 
 @pytest.mark.slow
@@ -193,3 +245,25 @@ def test_two_process_ddp_on_cpu_keeps_replicas_in_sync(cohort, config_file, tmp_
     assert process.returncode == 0, output[-3000:]
     meta = load_model_file(run / "model.pt").meta
     assert meta["world_size"] == 2 and meta["replicas_in_sync"] is True and meta["steps"] == 3
+
+
+def test_init_from_copies_a_model_files_weights_and_refuses_another_architecture(cohort, config_file, tmp_path):
+    from mmhvae.config import load_config
+    from mmhvae.model_file import weights_checksum
+    from mmhvae.train import initialise_from
+
+    first = train(cohort, tmp_path / "first", config_file, max_steps=2, progress=False)
+    run = load_config(config_file)
+    module = MMHVAEModule(run.to_dict())
+    provenance = initialise_from(module, first, run)
+    expected = load_model_file(first).model.state_dict()
+    for network in (module.model, module.ema):
+        for name, tensor in network.state_dict().items():
+            torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
+    assert provenance["checksum"] == weights_checksum(expected) and provenance["steps"] == 2
+    second = train(cohort, tmp_path / "second", config_file, max_steps=2, progress=False, init_from=first)
+    assert load_model_file(second).meta["init_from"]["checksum"] == provenance["checksum"]
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(config_file.read_text().replace("base_features: 4", "base_features: 6"))
+    with pytest.raises(InputError, match="architecture differs"):
+        train(cohort, tmp_path / "third", wider, max_steps=2, progress=False, init_from=first)

@@ -76,7 +76,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     model = train(args.data, args.out, args.config, max_steps=args.max_steps, max_minutes=args.max_minutes,
                   devices=args.devices, nodes=args.nodes, resume=args.resume, accelerator=args.accelerator,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, init_from=args.init_from)
     print(f"model file: {model}")
     return 0
 
@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--nodes", type=int, default=1, help="number of nodes (DDP)")
     train.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--init-from", type=Path, default=None,
+                       help="start from the weights of this model file (same architecture; new optimisers)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     train.set_defaults(func=run_train)
 

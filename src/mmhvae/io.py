@@ -13,6 +13,7 @@ Layouts read (design.md), a missing file meaning a missing modality:
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,53 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 LABEL_NAMES = ("seg", "tissue")
 TARGETS_FOLDER = "targets"
 AFFINE_TOLERANCE_MM = 1e-3
+# Working float32 copies of a subject's voxels held while it is processed: the images as read, the
+# normalised inputs, the harmonised targets and the predictions (slices go through the network in batches).
+WORKING_COPIES = 4
+MEMORY_LIMIT_VARIABLE = "MMHVAE_MEMORY_LIMIT_GB"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Memory: refuse a volume that cannot fit before allocating it
+# ----------------------------------------------------------------------------------------------------
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process may still use: $MMHVAE_MEMORY_LIMIT_GB if set, else the system's available memory
+    (MemAvailable of /proc/meminfo, or free pages where that does not exist); None when unknown."""
+    limit = os.environ.get(MEMORY_LIMIT_VARIABLE)
+    if limit:
+        return int(float(limit) * 2**30)
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(voxels: int, copies: float, path: Path, what: str) -> None:
+    """InputError if `copies` float32 copies of `voxels` voxels exceed the available memory."""
+    needed = int(voxels) * 4 * copies
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        raise InputError(f"{what} needs about {needed / 2**30:.1f} GiB of memory, more than the "
+                         f"{available / 2**30:.1f} GiB available; crop or resample it first", path)
+
+
+def header_voxels(path: Path) -> tuple[int, tuple[int, ...]]:
+    """Number of voxels and shape from a NIfTI header, without reading the data."""
+    try:
+        shape = tuple(int(n) for n in nib.load(str(path)).shape)
+    except Exception as exc:  # damaged files are reported by read_volume with the same wording
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"cannot read as NIfTI ({detail})", path) from None
+    return int(np.prod(shape, dtype=np.int64)), shape
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -85,6 +133,10 @@ def read_volume(path: str | Path, nan_to_num: bool = False, dtype=np.float32) ->
         image = nib.load(str(path))
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             raise InputError(f"not a NIfTI image (read as {type(image).__name__})", path)
+        # The array as stored plus its float copy, checked before either is allocated.
+        stored = np.dtype(image.get_data_dtype()).itemsize / 4
+        check_fits_in_memory(int(np.prod(image.shape, dtype=np.int64)), 1 + stored, path,
+                             f"the volume of shape {tuple(image.shape)}")
         array = np.asarray(image.dataobj, dtype=dtype)
     except InputError:
         raise
@@ -358,6 +410,15 @@ def _check_or_resample(subject: Subject, resample_to: str | None) -> None:
         subject.volumes = {resample_to: subject.volumes[resample_to]} | subject.volumes
 
 
+def check_subject_fits_in_memory(files: SubjectFiles, wanted: Sequence[str]) -> None:
+    """Estimate a subject's working memory from its headers and refuse it before reading any voxel."""
+    paths = [files.modalities[k] for k in wanted]
+    first = paths[0]
+    voxels, shape = header_voxels(first)
+    check_fits_in_memory(voxels * len(paths), WORKING_COPIES, first,
+                         f"subject '{files.name}' ({len(paths)} images of shape {shape})")
+
+
 def load_subject(
     files: SubjectFiles,
     modalities: ModalitySet | Sequence[str] | None = None,
@@ -380,6 +441,7 @@ def load_subject(
                          next(iter(files.modalities.values())).parent)
     if modalities is not None:
         wanted = list(modalities.ordered(wanted))
+    check_subject_fits_in_memory(files, wanted)
     subject = Subject(
         files.name,
         {k: read_volume(files.modalities[k], nan_to_num) for k in wanted},

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,8 @@ class MMHVAEModule(pl.LightningModule):
         self.rng = np.random.default_rng(train.seed)
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
+        self.minutes_before_this_session = 0.0  # training wall time of earlier sessions (restored on resume)
+        self.session_started = time.monotonic()
         self._latent_generator: torch.Generator | None = None
         self._latent_generator_state: Tensor | None = None
         self.automatic_optimization = False
@@ -194,6 +197,7 @@ class MMHVAEModule(pl.LightningModule):
                 logged["critic"] = critic
         logged["skipped"] = float(self.nonfinite_total)
         logged["train_step"] = float(step)
+        logged["wall_minutes"] = self.wall_minutes()
         shown = {k: v for k, v in logged.items() if k in ("loss", "image", "kl", "gan", "critic")}
         self.log_dict(shown, prog_bar=True, on_step=True, batch_size=batch["inputs"].shape[0])
         self.log_dict({k: v for k, v in logged.items() if k not in shown}, on_step=True,
@@ -240,8 +244,16 @@ class MMHVAEModule(pl.LightningModule):
 
     # ----- exact resume: everything not in the modules' state ---------------------------------------------
 
+    def on_train_start(self) -> None:
+        self.session_started = time.monotonic()
+
+    def wall_minutes(self) -> float:
+        """Training wall time so far, over all sessions of the run (the x axis of a time-to-quality curve)."""
+        return self.minutes_before_this_session + (time.monotonic() - self.session_started) / 60
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mmhvae"] = {
+            "wall_minutes": self.wall_minutes(),
             "numpy_rng": self.rng.bit_generator.state,
             "latent_generator": None if self._latent_generator is None else self._latent_generator.get_state(),
             "memory": self.memory.state_dict(),
@@ -261,6 +273,7 @@ class MMHVAEModule(pl.LightningModule):
         self.memory_generator.set_state(state["memory_generator"])
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         self.nonfinite_total = state["nonfinite_total"]
+        self.minutes_before_this_session = state.get("wall_minutes", 0.0)
 
 
 def first_present_only(present: Tensor) -> Tensor:
@@ -293,8 +306,13 @@ def atomic_checkpoint_io():
 
     class AtomicCheckpointIO(TorchCheckpointIO):
         def save_checkpoint(self, checkpoint, path, storage_options=None):
-            with atomic_path(path) as tmp:
-                torch.save(checkpoint, tmp)
+            try:
+                with atomic_path(path) as tmp:
+                    torch.save(checkpoint, tmp)
+            except OSError as exc:  # full disk, quota, read-only folder: stop, keeping the last good checkpoint
+                reason = exc.strerror or str(exc).splitlines()[0]
+                raise InputError(f"cannot write the checkpoint ({reason}); training stopped, the previous "
+                                 f"checkpoint is intact: free space, then continue with --resume", path) from None
 
     return AtomicCheckpointIO()
 
@@ -343,8 +361,11 @@ def build_trainer(out: Path, run: RunConfig, devices: int = 1, nodes: int = 1, a
 def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_steps: int | None = None,
           max_minutes: float | None = None, devices: int = 1, nodes: int = 1, resume: bool = False,
           accelerator: str = "auto", progress: bool = True, overrides: dict[str, Any] | None = None,
-          stop_at_step: int | None = None) -> Path:
+          stop_at_step: int | None = None, init_from: str | Path | None = None) -> Path:
     """Train on a data folder; write the run folder (config, logs, checkpoints, model file). Returns the model.
+
+    `init_from` (a model file of the same architecture) starts a new run from its weights, with fresh
+    optimisers and schedules: fine-tuning, or continuing a shipped model with a new budget.
 
     `stop_at_step` ends this call early without changing the schedules (which follow train.max_steps), as an
     interruption would; `resume=True` then continues the run.
@@ -357,9 +378,12 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
     if launched_replica:
         run = load_config(out / "config.yaml" if resume else config)
     elif resume:
-        if not (out / "config.yaml").is_file() or not last.is_file():
-            raise InputError("--resume: no config.yaml and checkpoints/last.ckpt in this run folder", out)
+        if not (out / "config.yaml").is_file():
+            raise InputError("--resume: no config.yaml in this run folder (nothing to resume)", out)
         run = load_config(out / "config.yaml")
+        if not last.is_file():
+            warnings.warn(f"{out}: stopped before its first checkpoint; starting the run again from step 0",
+                          stacklevel=2)
     else:
         if (out / "config.yaml").exists():
             raise InputError("run folder already holds a run (use --resume, or another --out)", out)
@@ -376,19 +400,36 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
                                  val_subjects=validation_subjects(data, run), seed=run.train.seed,
                                  cache_dir=out / "cache", num_workers=run.train.num_workers)
     module = MMHVAEModule(run.to_dict())
-    session = len(list((out / "logs").glob("session-*"))) if resume else 0
+    starting_fresh = not (resume and last.is_file())
+    initial = initialise_from(module, init_from, run) if init_from is not None and starting_fresh else None
+    session = len(list((out / "logs").glob("session-*")))
     trainer = build_trainer(out, run, devices, nodes, accelerator, progress, stop_at_step, session)
     started = time.monotonic()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None)
     in_sync = replicas_in_sync(module.model)
     model_path = out / MODEL_FILE
     if trainer.is_global_zero:
         save_model_file(model_path, module.ema, run.data, meta={
             "steps": int(trainer.global_step), "train_minutes": (time.monotonic() - started) / 60,
             "skipped_updates": module.nonfinite_total, "data": str(data), "config": run.to_dict(),
-            "world_size": int(trainer.world_size), "replicas_in_sync": in_sync,
+            "world_size": int(trainer.world_size), "replicas_in_sync": in_sync, "init_from": initial,
         })
     return model_path
+
+
+def initialise_from(module: MMHVAEModule, path: str | Path, run: RunConfig) -> dict[str, Any]:
+    """Copy a model file's weights into the live and EMA networks; returns its provenance for the new model file."""
+    from mmhvae.model_file import load_model_file
+
+    loaded = load_model_file(path)
+    if loaded.model.config != run.model:
+        raise InputError("--init-from: the model file's architecture differs from the run's config", path)
+    module.model.load_state_dict(loaded.model.state_dict())
+    module.ema.load_state_dict(loaded.model.state_dict())
+    from mmhvae.model_file import weights_checksum
+
+    return {"path": str(path), "checksum": weights_checksum(loaded.model.state_dict()),
+            "steps": loaded.meta.get("steps")}
 
 
 def replicas_in_sync(model: torch.nn.Module) -> bool:
