@@ -132,6 +132,7 @@ def test_every_bad_input_exits_2_with_one_line_and_writes_nothing(model_file, tm
     from mmhvae.cli import main
     from test_cli import bad_inputs
 
+    (tmp_path / "cases").mkdir()
     cases = bad_inputs(tmp_path / "cases")
     good = odd_oblique_subject(tmp_path / "mixed" / "a-good-subject")
     bad = tmp_path / "mixed" / "b-bad-subject"

@@ -23,7 +23,6 @@ PLANNED_VERBS: dict[str, str] = {
     "register": "MR-ultrasound registration (downstream issue)",
     "segment": "ultrasound tumour segmentation (downstream issue)",
     "analyse": "latent and temperature analyses (downstream issue)",
-    "import-authors": "loading the authors' released checkpoint",
 }
 
 
@@ -95,6 +94,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     evaluate(args.model, args.data, args.out, temperature=args.temperature, with_lpips=not args.no_lpips,
              overwrite=args.overwrite, mean_image_from=args.mean_image_from)
+    return 0
+
+
+def run_import_authors(args: argparse.Namespace) -> int:
+    from mmhvae.import_authors import import_authors
+
+    path = import_authors(args.checkpoint, args.out, overwrite=args.overwrite)
+    print(f"model file: {path} (the authors' network; predict with --model {path}, "
+          f"their temperature was 0.7, ours is 0.5)")
     return 0
 
 
@@ -194,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--mean-image-from", type=Path, default=None,
                           help="training data folder: add the mean-image baseline computed on it")
     evaluate.set_defaults(func=run_evaluate)
+
+    authors = verbs.add_parser("import-authors", help="convert the authors' released checkpoint into a model file")
+    authors.add_argument("checkpoint", type=Path, help="their state_dict, e.g. CP_main_1000.pth (ReubenDo/MMHVAE)")
+    authors.add_argument("--out", required=True, type=Path, help="model file to write, e.g. authors-f0.pt")
+    authors.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    authors.set_defaults(func=run_import_authors)
 
     info = verbs.add_parser("info", help="modalities, parameter count and MACs per slice")
     source = info.add_mutually_exclusive_group()

@@ -19,7 +19,7 @@ from mmhvae import metrics
 from mmhvae.data.dataset import PreparedSubject, load_prepared
 from mmhvae.errors import InputError
 from mmhvae.files import atomic_path, write_text_atomic
-from mmhvae.io import discover_subjects
+from mmhvae.io import SubjectFiles, discover_subjects, load_subject
 from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, subset_label
 from mmhvae.model_file import LoadedModel, load_model_file
 from mmhvae.predict import DEFAULT_TEMPERATURE, synthesise
@@ -213,6 +213,18 @@ def write_csv(path: Path, rows: list[dict]) -> None:
                 writer.writerow({k: row.get(k) for k in CSV_FIELDS})
 
 
+def prepared_for_evaluation(files: SubjectFiles, loaded: LoadedModel) -> PreparedSubject:
+    """Inputs, harmonised targets and FOV on the model grid; an authors' model gets its own input normalisation."""
+    prepared = load_prepared(files, loaded.preprocess)
+    if loaded.variant == "authors":
+        from mmhvae.import_authors import prepare_subject_authors
+
+        subject = load_subject(files, loaded.preprocess.modality_set, loaded.preprocess.resample_to,
+                               loaded.preprocess.nan_to_num)
+        prepared.inputs = prepare_subject_authors(subject, loaded.preprocess).inputs
+    return prepared
+
+
 def evaluate(model: str | Path, data: str | Path, out: str | Path, temperature: float = DEFAULT_TEMPERATURE,
              with_lpips: bool = True, method: str = "mmhvae", overwrite: bool = False,
              mean_image_from: str | Path | None = None) -> list[dict]:
@@ -230,7 +242,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, temperature: 
         mean = mean_images((load_prepared(f, config) for f in discover_subjects(mean_image_from)), loaded.modalities)
     rows = []
     for files in discover_subjects(data):
-        prepared = load_prepared(files, config)
+        prepared = prepared_for_evaluation(files, loaded)
         subject_rows, _ = evaluate_subject(loaded, prepared, method, temperature=temperature, with_lpips=with_lpips)
         rows += subject_rows
         if mean is not None:

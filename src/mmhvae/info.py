@@ -16,7 +16,7 @@ def parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the flop counter fails on weight-normalised layers under it
 def macs_per_slice(model: MMHVAE, inputs: int | None = None) -> int:
     """Multiply-accumulates of one forward pass on one slice with the first `inputs` modalities present."""
     cfg = model.config

@@ -18,6 +18,8 @@ from mmhvae.config import RunConfig, _update
 from mmhvae.data.dataset import PreprocessConfig
 from mmhvae.errors import InputError
 from mmhvae.files import atomic_path
+from mmhvae.model.authors import VARIANT as AUTHORS_VARIANT
+from mmhvae.model.authors import AuthorsConfig, AuthorsMMHVAE
 from mmhvae.model.mmhvae import MMHVAE, MMHVAEConfig
 
 FORMAT = "mmhvae-model"
@@ -37,7 +39,7 @@ def weights_checksum(state_dict: dict[str, torch.Tensor]) -> str:
 
 @dataclass
 class LoadedModel:
-    model: MMHVAE
+    model: MMHVAE | AuthorsMMHVAE
     preprocess: PreprocessConfig
     meta: dict[str, Any]
 
@@ -45,8 +47,19 @@ class LoadedModel:
     def modalities(self) -> tuple[str, ...]:
         return tuple(self.model.config.modalities)
 
+    @property
+    def variant(self) -> str:
+        """Which network the file holds: "authors" (`mmhvae import-authors`) or "mmhvae" (ours)."""
+        return AUTHORS_VARIANT if isinstance(self.model, AuthorsMMHVAE) else "mmhvae"
 
-def save_model_file(path: str | Path, model: MMHVAE, preprocess: PreprocessConfig,
+    @property
+    def recorded_temperature(self) -> float | None:
+        """The inference temperature the model's authors used (in meta), if the file records one."""
+        value = self.meta.get("default_temperature") if self.variant == AUTHORS_VARIANT else None
+        return None if value is None else float(value)
+
+
+def save_model_file(path: str | Path, model: MMHVAE | AuthorsMMHVAE, preprocess: PreprocessConfig,
                     meta: dict[str, Any] | None = None) -> Path:
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {
@@ -87,7 +100,11 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> Loa
     if weights_checksum(payload["state_dict"]) != payload["checksum"]:
         raise InputError("the weights do not match their checksum (file damaged or edited)", path)
     try:
-        model = MMHVAE.from_config(MMHVAEConfig.from_dict(payload["model_config"]))
+        config = payload["model_config"]
+        if isinstance(config, dict) and config.get("variant") == AUTHORS_VARIANT:
+            model = AuthorsMMHVAE.from_config(AuthorsConfig.from_dict(config))
+        else:
+            model = MMHVAE.from_config(MMHVAEConfig.from_dict(config))
         model.load_state_dict(payload["state_dict"])
     except (ValueError, TypeError, RuntimeError) as exc:
         raise InputError(f"model file does not match its configuration ({str(exc).splitlines()[0]})", path) from None

@@ -18,6 +18,7 @@ import torch
 from mmhvae.data import harmonize
 from mmhvae.data.dataset import PreparedSubject, centre_pad_crop, prepare_subject
 from mmhvae.errors import InputError
+from mmhvae.import_authors import prepare_subject_authors
 from mmhvae.io import Subject, discover_subjects, load_subject, write_volume
 from mmhvae.modalities import ModalitySet, Subset, parse_modality_list, subset_label
 from mmhvae.model.mmhvae import MMHVAE
@@ -118,6 +119,8 @@ def prepare_for_model(subject: Subject, loaded: LoadedModel, inputs: Subset | No
                              subject.reference.path.parent if subject.reference.path else None)
         subject = Subject(subject.name, {k: v for k, v in subject.volumes.items() if k in inputs}, subject.files,
                           subject.seg, subject.tissue, subject.targets)
+    if loaded.variant == "authors":  # their network was trained on their own input normalisation
+        return prepare_subject_authors(subject, loaded.preprocess)
     return prepare_subject(subject, loaded.preprocess, with_targets=False)
 
 
@@ -150,6 +153,9 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
     if temperature < 0:
         raise InputError(f"--temperature must be >= 0, got {temperature}")
     loaded = load_model_file(model, resolve_device(device))
+    if loaded.recorded_temperature is not None and loaded.recorded_temperature != temperature:
+        print(f"note: this model's authors ran it at temperature {loaded.recorded_temperature:g}; this run uses "
+              f"{temperature:g} (set --temperature to change it)")
     subjects = discover_subjects(input_dir)
     out = Path(out)
     wanted = parse_modality_list(inputs) if inputs else None

@@ -1,0 +1,567 @@
+"""The authors' released network (ReubenDo/MMHVAE, `MHVAE2D`), rebuilt to load their checkpoints.
+
+This is a compatibility architecture, the `authors` variant: it computes exactly what their network
+computes, and its state_dict has their key names (`first_conv.us.weight`,
+`conv_blocks_context.us.0.conv_0.weight`, `qz.0.last_conv.parametrizations.weight.original0`, ...), so
+their `CP_main_1000.pth` loads into it unchanged. Module attributes are therefore named after their
+checkpoint keys, not in our usual style. For our own training use `mmhvae.model.mmhvae.MMHVAE`, whose
+defaults follow the paper.
+
+What differs from our MMHVAE (each difference is a named piece below; the rest reuses our code):
+
+- Expert heads and priors output a mean and a log standard deviation (not a log-variance), both
+  soft-clamped at 10 (`gaussian_from_log_scale`).
+- Experts are fused with the prior by inverse standard deviation, not Eq. 14's inverse variance
+  (`distributions.inverse_std_fusion`, shared with our `fusion: inverse_std` option).
+- One posterior head per level, shared by all modalities (`AuthorsPosteriorHead`), applied to
+  concat(top-down state, that modality's skip); one Linear for the global group z_L (paper Eq. 13).
+- Markov top-down path: the state of a level is built from the sampled latent of the level just above
+  only (the paper writes p(z_l | z_>l)).
+- The top-down cell normalises its input first (`AuthorsDecoderCell`); the image decoders use
+  reflection padding and ReLU (`AuthorsImageDecoder`); the 1x1 convolutions of the priors and heads and
+  both Linear layers of z_L are weight-normalised (torch.nn.utils.parametrizations.weight_norm).
+- Every output image is masked by the foreground (> -1) of the FIRST input modality: outside it the
+  output is the background -1 (`mask_by_first_input`). Their inference passes modalities in the order
+  us, t2, cet1, flair, so by default the first modality of the subset in config order is used; the
+  `mask_modality` argument of `decode` names another one.
+
+Latent sizes at the paper setting (base 16, max 128, 6 poolings, 192x192): z_7 a 256-vector, z_6..z_4
+64 channels at 6, 12, 24 pixels, z_3 32@48, z_2 16@96, z_1 8@192; 13,774,770 parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from mmhvae.modalities import require_key
+from mmhvae.model.blocks import conv1x1, conv3x3, make_norm
+from mmhvae.model.distributions import Gaussian, inverse_std_fusion, kl_divergence, kl_single_sample, soft_clamp
+from mmhvae.model.mmhvae import EncodedModalities, MMHVAEOutput
+
+VARIANT = "authors"
+
+
+@dataclass
+class AuthorsConfig:
+    """Hyper-parameters of the authors' `MHVAE2D`; defaults are their released model (paper setting).
+
+    `modalities` are our keys (what predict and the model file use); `checkpoint_keys` are theirs, in
+    the same order, and name the per-modality modules (so the state_dict keys match their checkpoint).
+    The order matters: it is the order in which their inference passes the inputs, so it decides which
+    input masks the outputs (see `AuthorsMMHVAE.decode`).
+    """
+
+    modalities: tuple[str, ...] = ("us", "t2", "t1c", "flair")
+    checkpoint_keys: tuple[str, ...] = ("us", "t2", "cet1", "flair")
+    image_size: int = 192
+    num_pool: int = 6
+    base_features: int = 16
+    max_features: int = 128
+    # Image decoders: width (their nfeat_finalblock) and number of ResNet blocks (their nb_finalblocks).
+    decoder_features: int = 8
+    decoder_blocks: int = 6
+    soft_clamp: float = 10.0
+    # Their with_residual / with_se switches (both on in the released model).
+    residual: bool = True
+    squeeze_excitation: bool = True
+    variant: str = VARIANT
+
+    # Read by `mmhvae info`, which describes both architectures.
+    topdown: ClassVar[str] = "markov"
+    heads: ClassVar[str] = "shared"
+    fusion: ClassVar[str] = "inverse_std"
+
+    def __post_init__(self) -> None:
+        self.modalities = tuple(self.modalities)
+        self.checkpoint_keys = tuple(self.checkpoint_keys)
+
+        def check(condition: bool, problem: str) -> None:
+            if not condition:
+                raise ValueError(f"AuthorsConfig: {problem}")
+
+        check(self.variant == VARIANT, f"variant must be '{VARIANT}', got {self.variant!r}")
+        check(len(self.modalities) > 0, "at least one modality is needed")
+        check(len(set(self.modalities)) == len(self.modalities), f"duplicate modalities {self.modalities}")
+        check(len(self.checkpoint_keys) == len(self.modalities),
+              f"checkpoint_keys {self.checkpoint_keys} must name one module per modality {self.modalities}")
+        check(self.num_pool >= 1 and self.base_features >= 2 and self.max_features >= 2,
+              "num_pool >= 1 and base_features, max_features >= 2 are needed")
+        check(self.image_size % 2**self.num_pool == 0 and self.image_size // 2**self.num_pool >= 2,
+              f"image_size {self.image_size} must be divisible by 2**num_pool = {2**self.num_pool} "
+              "and leave a coarsest map of at least 2x2")
+
+    # ----- derived quantities -------------------------------------------------------------------
+
+    def features(self, level: int) -> int:
+        """Encoder channels at spatial level `level` (0 = full resolution, num_pool = coarsest map)."""
+        return min(self.base_features * 2**level, self.max_features)
+
+    @property
+    def bottom_size(self) -> int:
+        return self.image_size // 2**self.num_pool
+
+    @property
+    def latent_channels(self) -> tuple[int, ...]:
+        """Channels of the spatial latents z_1 .. z_{num_pool}: half the features of their level."""
+        return tuple(self.features(s) // 2 for s in range(self.num_pool))
+
+    @property
+    def global_latent(self) -> int:
+        """Size of the global latent z_L (their 2 * max_features)."""
+        return 2 * self.max_features
+
+    @property
+    def stochastic_groups(self) -> tuple[int, ...]:
+        """Every group is stochastic: z_1 (finest) .. z_{num_pool + 1} (global)."""
+        return tuple(range(1, self.num_pool + 2))
+
+    # ----- serialisation ------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with the `variant: authors` marker, safe for torch.load(weights_only=True)."""
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> AuthorsConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"AuthorsConfig: unknown field(s) {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    @classmethod
+    def from_authors_arguments(cls, arguments: Mapping[str, Any]) -> AuthorsConfig:
+        """From the constructor arguments of their `MHVAE2D` (names as in their pred.py / train.py).
+
+        Their modality names become our keys (cet1 -> t1c) and are kept as `checkpoint_keys`.
+        """
+        if arguments.get("last_act", "tanh") != "tanh":
+            raise ValueError("AuthorsConfig: only their released output activation 'tanh' is supported")
+        if arguments.get("num_feat_img", 1) != 1:
+            raise ValueError("AuthorsConfig: only one output channel per modality is supported")
+        shape = arguments.get("original_shape", (cls.image_size, cls.image_size))
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"AuthorsConfig: a square 2D original_shape is needed, got {shape}")
+        theirs = tuple(arguments["modalities"])
+        return cls(
+            modalities=tuple(require_key(k) for k in theirs),
+            checkpoint_keys=theirs,
+            image_size=int(shape[0]),
+            num_pool=int(arguments["num_pool"]),
+            base_features=int(arguments["base_num_features"]),
+            max_features=int(arguments["max_features"]),
+            decoder_features=int(arguments.get("nfeat_finalblock", 8)),
+            decoder_blocks=int(arguments.get("nb_finalblocks", 6)),
+            soft_clamp=float(arguments.get("clamp_value", 10.0)),
+            residual=bool(arguments.get("with_residual", True)),
+            squeeze_excitation=bool(arguments.get("with_se", True)),
+        )
+
+
+# ----- Gaussian maths that differs from ours ------------------------------------------------------
+
+
+def gaussian_from_log_scale(params: Tensor, clamp: float, dim: int = 1) -> Gaussian:
+    """Split a head output into (mean, log standard deviation), soft-clamp both, return our Gaussian.
+
+    Authors' code: the second half is a log standard deviation (their Normal(mu, exp(s))), and the soft
+    clamp c * tanh(x / c) bounds it, not the log-variance as in our `Gaussian.from_params`. Our Gaussian
+    stores the log-variance, i.e. 2 s.
+    """
+    mean, log_scale = params.chunk(2, dim=dim)
+    return Gaussian(soft_clamp(mean, clamp), 2.0 * soft_clamp(log_scale, clamp))
+
+
+def mask_by_first_input(images: Tensor, foreground: Tensor) -> Tensor:
+    """Authors' code: outputs outside the first input's foreground are the background value -1.
+
+    images [B, M, H, W] in [-1, 1]; foreground [B, H, W] bool (True where the output is kept).
+    """
+    return torch.where(foreground.unsqueeze(1), images, torch.full_like(images, -1.0))
+
+
+# ----- building blocks (attribute names are the checkpoint's key names) ---------------------------
+
+
+class LinearSqueezeExcitation(nn.Module):
+    """Squeeze-excitation as our `SqueezeExcitation` (same maths), with Linear layers (`se.0`, `se.2`)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        hidden = max(channels // 16, 4)
+        self.se = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels), nn.Sigmoid())
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate = self.se(x.mean(dim=(2, 3)))
+        return x * gate[:, :, None, None]
+
+
+class AuthorsEncoderCell(nn.Module):
+    """Encoder cell: the maths of our `EncoderCell`, x + SE(conv3x3(SiLU(norm(conv3x3(SiLU(norm(x))))))),
+    with their residual and squeeze-excitation switches."""
+
+    def __init__(self, channels: int, residual: bool = True, squeeze_excitation: bool = True):
+        super().__init__()
+        self.residual, self.squeeze_excitation = residual, squeeze_excitation
+        self.bn_0 = make_norm("instance", channels)
+        self.conv_0 = conv3x3(channels, channels)
+        self.bn_1 = make_norm("instance", channels)
+        self.conv_1 = conv3x3(channels, channels)
+        self.se = LinearSqueezeExcitation(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv_0(nn.functional.silu(self.bn_0(x)))
+        out = self.conv_1(nn.functional.silu(self.bn_1(out)))
+        if self.squeeze_excitation:
+            out = self.se(out)
+        return x + out if self.residual else out
+
+
+class AuthorsDecoderCell(nn.Module):
+    """Top-down cell. Differs from our `DecoderCell` by a leading instance norm (no activation) before
+    the 3x3 expansion: x + conv1x1(SE(SiLU(norm(dw5x5(SiLU(norm(conv3x3(norm(x))))))))), C -> 6C -> C."""
+
+    def __init__(self, channels: int, residual: bool = True, squeeze_excitation: bool = True, expansion: int = 6):
+        super().__init__()
+        hidden = channels * expansion
+        self.residual, self.squeeze_excitation = residual, squeeze_excitation
+        self.bn_0 = make_norm("instance", channels)
+        self.conv_0 = conv3x3(channels, hidden)
+        self.bn_1 = make_norm("instance", hidden)
+        self.dw_conv_1 = nn.Conv2d(hidden, hidden, kernel_size=5, padding=2, groups=hidden)
+        self.bn_2 = make_norm("instance", hidden)
+        self.se_2 = LinearSqueezeExcitation(hidden)
+        self.conv_2 = conv1x1(hidden, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv_0(self.bn_0(x))
+        out = nn.functional.silu(self.bn_2(self.dw_conv_1(nn.functional.silu(self.bn_1(out)))))
+        if self.squeeze_excitation:
+            out = self.se_2(out)
+        out = self.conv_2(out)
+        return x + out if self.residual else out
+
+
+class AuthorsUpsample(nn.Module):
+    """Our `Upsample` (bilinear x2, then conv3x3) with a bias-free convolution named `conv_1`."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv_1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        up = nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.conv_1(up)
+
+
+def weight_normed_conv1x1(channels: int) -> nn.Conv2d:
+    """A bias-free 1x1 convolution with weight normalisation w = g v / |v| (their priors and heads)."""
+    return weight_norm(nn.Conv2d(channels, channels, kernel_size=1, bias=False), name="weight", dim=0)
+
+
+class AuthorsPosteriorHead(nn.Module):
+    """Residual expert h of one level, shared by all modalities (the paper has one per modality, Eq. 12).
+
+    concat(state, skip) [2C] -> norm, SiLU, conv3x3 -> C -> norm, SiLU, conv3x3 -> SE -> weight-normed
+    conv1x1 -> C = (mean, log standard deviation) of a C/2-channel latent.
+    """
+
+    def __init__(self, in_channels: int, channels: int):
+        super().__init__()
+        self.bn_0 = make_norm("instance", in_channels)
+        self.conv_0 = conv3x3(in_channels, channels)
+        self.bn_1 = make_norm("instance", channels)
+        self.conv_1 = conv3x3(channels, channels)
+        self.se = LinearSqueezeExcitation(channels)
+        self.last_conv = weight_normed_conv1x1(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv_0(nn.functional.silu(self.bn_0(x)))
+        out = self.conv_1(nn.functional.silu(self.bn_1(out)))
+        return self.last_conv(self.se(out))
+
+
+class FlattenLinear(nn.Module):
+    """Global expert of z_L (paper Eq. 13): flattened coarsest map -> weight-normed Linear."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.linear = weight_norm(nn.Linear(in_features, out_features), name="weight", dim=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x.flatten(1))
+
+
+class LinearToMap(nn.Module):
+    """z_L -> the first top-down state: weight-normed Linear, reshaped to [C, h, w]."""
+
+    def __init__(self, in_features: int, shape: tuple[int, int, int]):
+        super().__init__()
+        self.shape = shape
+        self.linear = weight_norm(nn.Linear(in_features, shape[0] * shape[1] * shape[2]), name="weight", dim=0)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.linear(z).view(z.shape[0], *self.shape)
+
+
+class ReflectResNetBlock(nn.Module):
+    """The ResNet block of their image decoders: x + norm(conv3x3(ReLU(norm(conv3x3(x))))) with
+    reflection padding; our `ResNetBlock` pads with zeros and uses SiLU. Layers sit at the indices of
+    their checkpoint (`conv_block.1`, `conv_block.5`)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, kernel_size=3),
+            make_norm("instance", channels),
+            nn.ReLU(),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, kernel_size=3),
+            make_norm("instance", channels),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv_block(x)
+
+
+class AuthorsImageDecoder(nn.Module):
+    """z_1 -> one image in [-1, 1] (their 6 ResNet blocks; the paper says 5).
+
+    [conv1x1 to `width` if z_1 has another width] -> blocks x ReflectResNetBlock -> conv7x7 (reflect),
+    norm, LeakyReLU(0.2) -> conv7x7 (reflect) to 1 channel -> tanh.
+    """
+
+    def __init__(self, in_channels: int, width: int, blocks: int):
+        super().__init__()
+        widen = [] if in_channels == width else [nn.Conv2d(in_channels, width, kernel_size=1)]
+        self.res = nn.Sequential(*widen, *(ReflectResNetBlock(width) for _ in range(blocks)))
+        self.convt2 = nn.Conv2d(width, width, kernel_size=7, padding=3, padding_mode="reflect")
+        self.norm2 = make_norm("instance", width)
+        self.convt3 = nn.Conv2d(width, 1, kernel_size=7, padding=3, padding_mode="reflect")
+
+    def forward(self, z: Tensor) -> Tensor:
+        out = self.convt2(self.res(z))
+        out = nn.functional.leaky_relu(self.norm2(out), 0.2)
+        return torch.tanh(self.convt3(out))
+
+
+# ----- the network ---------------------------------------------------------------------------------
+
+
+@dataclass
+class AuthorsEncoded(EncodedModalities):
+    """Our `EncodedModalities` plus each input's foreground [B, M, H, W] (input > -1), for the output mask."""
+
+    foreground: Tensor
+
+    def index(self, rows: Tensor) -> AuthorsEncoded:
+        return AuthorsEncoded([s[rows] for s in self.skips], self.bottom[rows], self.present[rows],
+                              self.foreground[rows])
+
+
+class AuthorsMMHVAE(nn.Module):
+    """Their `MHVAE2D`, with their state_dict keys and our inference interface (`encode` / `decode`)."""
+
+    def __init__(self, config: AuthorsConfig):
+        super().__init__()
+        self.config = config
+        c = config.features
+        keys = config.checkpoint_keys
+        switches = {"residual": config.residual, "squeeze_excitation": config.squeeze_excitation}
+        top = config.num_pool
+
+        # Registered in their order, so that our state_dict lists the keys as their checkpoint does.
+        self.bottleneck_down = FlattenLinear(c(top) * config.bottom_size**2, 2 * config.global_latent)
+        self.bottleneck_up = LinearToMap(
+            config.global_latent, (config.max_features, config.bottom_size, config.bottom_size)
+        )
+
+        # One bottom-up encoder per modality: stem, then per level [cell -> skip, stride-2 conv], then a
+        # last cell on the coarsest map.
+        self.first_conv = nn.ModuleDict({k: conv3x3(1, c(0)) for k in keys})
+        self.conv_blocks_context = nn.ModuleDict(
+            {k: nn.ModuleList(AuthorsEncoderCell(c(s), **switches) for s in range(top + 1)) for k in keys}
+        )
+        self.td = nn.ModuleDict(
+            {k: nn.ModuleList(conv3x3(c(s), c(s + 1), stride=2) for s in range(top)) for k in keys}
+        )
+
+        # Top-down path, coarsest level first (their index i is our spatial level num_pool - 1 - i).
+        levels = list(reversed(range(top)))
+        self.conv_blocks_localization = nn.ModuleList(AuthorsDecoderCell(c(s), **switches) for s in levels)
+        state_in = [config.max_features] + [config.latent_channels[s] for s in levels[:-1]]
+        self.tu = nn.ModuleList(AuthorsUpsample(n_in, c(s)) for n_in, s in zip(state_in, levels))
+        self.qz = nn.ModuleList(AuthorsPosteriorHead(2 * c(s), c(s)) for s in levels)
+        self.pz = nn.ModuleList(weight_normed_conv1x1(c(s)) for s in levels)
+
+        self.final_blocks = nn.ModuleDict(
+            {k: AuthorsImageDecoder(config.latent_channels[0], config.decoder_features, config.decoder_blocks)
+             for k in keys}
+        )
+
+    # ----- construction helpers -----------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: AuthorsConfig | Mapping[str, Any]) -> AuthorsMMHVAE:
+        if not isinstance(config, AuthorsConfig):
+            config = AuthorsConfig.from_dict(config)
+        return cls(config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    @property
+    def num_modalities(self) -> int:
+        return len(self.config.modalities)
+
+    # ----- bottom-up ----------------------------------------------------------------------------
+
+    def encode(self, images: Tensor, present: Tensor) -> AuthorsEncoded:
+        """Encode each present modality; same contract as `MMHVAE.encode`.
+
+        images: [B, M, H, W] in config.modalities order, on their input scale (background -1); values
+        of absent modalities are ignored. present: [B, M] bool.
+        """
+        cfg = self.config
+        present = self._check_mask(present, images.shape[0], "present")
+        if images.ndim != 4 or images.shape[1] != self.num_modalities:
+            raise ValueError(f"images must be [B, {self.num_modalities}, H, W], got {tuple(images.shape)}")
+        if images.shape[-2:] != (cfg.image_size, cfg.image_size):
+            raise ValueError(f"images must be {cfg.image_size}x{cfg.image_size}, got {tuple(images.shape[-2:])}")
+
+        batch = images.shape[0]
+        skips = [images.new_zeros(batch, self.num_modalities, cfg.features(s), cfg.image_size // 2**s,
+                                  cfg.image_size // 2**s) for s in range(cfg.num_pool)]
+        bottom = images.new_zeros(batch, self.num_modalities, cfg.features(cfg.num_pool) * cfg.bottom_size**2)
+        for j, key in enumerate(cfg.checkpoint_keys):
+            rows = present[:, j].nonzero(as_tuple=True)[0]
+            if rows.numel() == 0:
+                continue
+            x = self.first_conv[key](images[rows, j].unsqueeze(1))
+            cells, downs = self.conv_blocks_context[key], self.td[key]
+            for s in range(cfg.num_pool):
+                x = cells[s](x)
+                skips[s] = skips[s].index_put((rows, torch.full_like(rows, j)), x)
+                x = downs[s](x)
+            bottom = bottom.index_put((rows, torch.full_like(rows, j)), cells[cfg.num_pool](x).flatten(1))
+        foreground = present[:, :, None, None] & (images > -1.0)
+        return AuthorsEncoded(skips, bottom, present, foreground)
+
+    # ----- top-down -----------------------------------------------------------------------------
+
+    def decode(
+        self,
+        features: AuthorsEncoded,
+        subset: Tensor,
+        temperature: float = 1.0,
+        sample: bool = True,
+        kl: str | None = None,
+        generator: torch.Generator | None = None,
+        mask_modality: str | None = None,
+    ) -> MMHVAEOutput:
+        """Sample z_L, ..., z_1 from the fused posterior of `subset` and decode every modality.
+
+        Same contract as `MMHVAE.decode` (subset [B, M] bool within features.present; temperature
+        scales the posterior standard deviations, 0 or sample=False uses the means). The outputs are
+        masked by the foreground of the first modality of each row's subset in config order (their
+        inference passes us, t2, cet1, flair in that order), or of `mask_modality` (one of
+        config.modalities, present in every row) if given. An all-False row samples from the prior and
+        is not masked. kl: per group, "analytic" KL(q || p) (default) or the single-sample estimate;
+        their training loss also holds KLs against each single-modality posterior, which are not
+        computed here.
+        """
+        cfg = self.config
+        subset = self._check_mask(subset, features.batch_size, "subset")
+        if bool((subset & ~features.present).any()):
+            raise ValueError("subset selects a modality that was not encoded (not in `present`)")
+        kl_mode = "analytic" if kl is None else kl
+        if kl_mode not in ("analytic", "sample"):
+            raise ValueError(f"kl must be 'analytic' or 'sample', got {kl!r}")
+        temperature = temperature if sample else 0.0
+        keep = self._output_mask(features, subset, mask_modality)
+
+        # Global group z_L: prior N(0, I) times the global experts (shared Linear).
+        prior = Gaussian.standard_like(features.bottom.new_zeros(features.batch_size, cfg.global_latent))
+        experts = self._experts(self.bottleneck_down, features.bottom, None, subset, 2 * cfg.global_latent)
+        q = self._posterior(prior, experts, subset)
+        z = q.sample(temperature, generator)
+        kls = [self._kl(q, prior, z, kl_mode)]
+        state_input = self.bottleneck_up(z)
+
+        for i, level in enumerate(reversed(range(cfg.num_pool))):
+            state = self.conv_blocks_localization[i](self.tu[i](state_input))
+            prior = gaussian_from_log_scale(self.pz[i](state), cfg.soft_clamp)
+            experts = self._experts(self.qz[i], features.skips[level], state, subset, cfg.features(level))
+            q = self._posterior(prior, experts, subset)
+            z = q.sample(temperature, generator)
+            kls.append(self._kl(q, prior, z, kl_mode))
+            state_input = z  # Markov: the next level is built from this latent only
+
+        images = torch.cat([self.final_blocks[k](z) for k in cfg.checkpoint_keys], dim=1)
+        kls.reverse()  # finest group first, as in the paper's numbering
+        return MMHVAEOutput(mask_by_first_input(images, keep), kls, cfg.stochastic_groups, z1_mean=q.mean)
+
+    def forward(self, images: Tensor, present: Tensor, subset: Tensor | None = None, temperature: float = 1.0,
+                sample: bool = True) -> MMHVAEOutput:
+        """decode(encode(images, present), subset); subset defaults to all present modalities."""
+        features = self.encode(images, present)
+        return self.decode(features, features.present if subset is None else subset, temperature, sample)
+
+    # ----- helpers ------------------------------------------------------------------------------
+
+    def _output_mask(self, features: AuthorsEncoded, subset: Tensor, mask_modality: str | None) -> Tensor:
+        """[B, H, W] bool: the foreground of the input that masks each row's outputs."""
+        if mask_modality is None:
+            first = subset.to(torch.int8).argmax(dim=1)  # argmax returns the first True
+        else:
+            if mask_modality not in self.config.modalities:
+                raise ValueError(f"mask_modality {mask_modality!r} is not one of {self.config.modalities}")
+            j = self.config.modalities.index(mask_modality)
+            if not bool(features.present[:, j].all()):
+                raise ValueError(f"mask_modality {mask_modality!r} was not encoded for every row")
+            first = torch.full_like(subset[:, 0], j, dtype=torch.long)
+        rows = torch.arange(subset.shape[0], device=subset.device)
+        keep = features.foreground[rows, first]
+        if mask_modality is None:
+            keep = keep | ~subset.any(dim=1)[:, None, None]  # prior samples: nothing to mask with
+        return keep
+
+    def _experts(self, head: nn.Module, inputs: Tensor, state: Tensor | None, subset: Tensor,
+                 out_channels: int) -> Gaussian:
+        """Run the shared head on every (row, modality) pair of `subset` in one batch.
+
+        inputs: [B, M, ...] per-modality features; state: [B, C, H, W] top-down state, or None for z_L.
+        Returns experts [B, M, out_channels / 2, ...]; pairs outside `subset` hold zeros, which the
+        fusion ignores.
+        """
+        rows, cols = subset.nonzero(as_tuple=True)
+        full = inputs.new_zeros(*subset.shape, out_channels, *inputs.shape[3:])
+        if rows.numel():
+            x = inputs[rows, cols]
+            if state is not None:
+                x = torch.cat([state[rows], x], dim=1)  # their order: top-down state first, then the skip
+            full = full.index_put((rows, cols), head(x))
+        return gaussian_from_log_scale(full, self.config.soft_clamp, dim=2)
+
+    def _posterior(self, prior: Gaussian, experts: Gaussian, subset: Tensor) -> Gaussian:
+        """Authors' fusion: prior and experts weighted by inverse standard deviation (not Eq. 14)."""
+        return inverse_std_fusion(prior, experts.mean, experts.logvar, subset)
+
+    @staticmethod
+    def _kl(q: Gaussian, p: Gaussian, z: Tensor, mode: str) -> Tensor:
+        per_dim = kl_divergence(q, p) if mode == "analytic" else kl_single_sample(q, p, z)
+        return per_dim.flatten(1).sum(dim=1)
+
+    def _check_mask(self, mask: Tensor, batch: int, name: str) -> Tensor:
+        if mask.shape != (batch, self.num_modalities):
+            raise ValueError(f"{name} must be [{batch}, {self.num_modalities}], got {tuple(mask.shape)}")
+        return mask.to(torch.bool)
