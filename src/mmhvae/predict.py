@@ -168,6 +168,12 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
         existing = out / files.name
         if existing.is_dir() and any(existing.iterdir()) and not overwrite:
             raise InputError(f"output for subject '{files.name}' already exists (use --overwrite)", existing)
+    if len(subjects) > 1:
+        # Read and check every subject before writing anything, so a bad one late in the folder cannot leave
+        # a half-done output folder behind (one subject at a time: memory stays that of the largest).
+        for files in subjects:
+            prepare_for_model(load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num),
+                              loaded, ModalitySet(loaded.modalities).ordered(wanted) if wanted else None)
     written = []
     for files in subjects:
         subject = load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num)
