@@ -267,3 +267,91 @@ def test_init_from_copies_a_model_files_weights_and_refuses_another_architecture
     wider.write_text(config_file.read_text().replace("base_features: 4", "base_features: 6"))
     with pytest.raises(InputError, match="architecture differs"):
         train(cohort, tmp_path / "third", wider, max_steps=2, progress=False, init_from=first)
+
+
+# ----- baselines: `train(..., method=...)` (model/registry.py) ------------------------------------------------
+
+
+def model_file_payload(path):
+    """A model file read as plain data and its network rebuilt through the registry (any variant)."""
+    from mmhvae.model.registry import build_network
+
+    payload = torch.load(path, weights_only=True)
+    network = build_network(payload["model_config"])
+    network.load_state_dict(payload["state_dict"])
+    return payload, network
+
+
+@pytest.mark.parametrize("method", ["mopoe", "average", "concat-zeros", "mmgan"])
+def test_each_baseline_trains_and_records_its_method(cohort, config_file, tmp_path, method):
+    from mmhvae.config import load_config
+    from mmhvae.model.mmgan import MMGAN
+    from mmhvae.model.mmhvae import MMHVAE
+
+    run = tmp_path / method
+    model_path = train(cohort, run, config_file, max_steps=2, progress=False, method=method)
+    payload, network = model_file_payload(model_path)
+    assert payload["meta"]["method"] == method and payload["meta"]["steps"] == 2
+    saved = load_config(run / "config.yaml")
+    assert saved.train.method == method and saved.model.to_dict() == payload["model_config"]
+    expected = {"mopoe": ("num_latent_levels", 1), "average": ("fusion", "average"),
+                "concat-zeros": ("encoder", "joint"), "mmgan": ("variant", "mmgan")}[method]
+    assert payload["model_config"][expected[0]] == expected[1]
+    assert isinstance(network, MMGAN if method == "mmgan" else MMHVAE)
+    rows = [r for r in read_log(run) if r.get("loss")]
+    assert len(rows) == 2 and all(float(r["loss"]) == float(r["loss"]) for r in rows)
+    if method == "mmgan":  # MM-GAN's adversarial term is on from the first step
+        assert all(r.get("gan") and r.get("critic") for r in rows)
+    images = torch.rand(2, 4, 32, 32) * 2 - 1
+    present = torch.tensor([[True, True, False, False]] * 2)
+    out = network.eval()(images, present, present, temperature=0.0).images
+    assert out.shape == (2, 4, 32, 32) and torch.isfinite(out).all()
+
+
+def test_mmgan_resume_continues_at_the_same_step_with_the_same_losses(cohort, config_file, tmp_path):
+    straight = tmp_path / "straight"
+    train(cohort, straight, config_file, max_steps=4, progress=False, method="mmgan")
+    run = tmp_path / "interrupted"
+    train(cohort, run, config_file, max_steps=4, progress=False, stop_at_step=2, method="mmgan")
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    with pytest.raises(InputError, match="this run trains 'mmgan'"):
+        train(cohort, run, resume=True, progress=False, method="mopoe")
+    train(cohort, run, resume=True, progress=False)
+    payload, resumed = model_file_payload(run / "model.pt")
+    assert payload["meta"]["steps"] == 4 and payload["meta"]["method"] == "mmgan"
+    reference, continued = losses_by_step(straight), losses_by_step(run)
+    assert set(reference) == set(continued) == set(range(4))
+    for step in range(4):
+        assert continued[step] == pytest.approx(reference[step], rel=1e-4, abs=1e-6), step
+    _, uninterrupted = model_file_payload(straight / "model.pt")
+    for (name, p), q in zip(uninterrupted.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_methods_in_config_files_and_bad_methods(cohort, config_file, tmp_path):
+    from mmhvae.config import load_config
+    from mmhvae.model.mmgan import MMGANConfig
+
+    gan_yaml = tmp_path / "gan.yaml"
+    gan_yaml.write_text(config_file.read_text() + "  method: mmgan\n")
+    run = load_config(gan_yaml)  # an MM-GAN of comparable size on the preset's grid
+    assert isinstance(run.model, MMGANConfig) and run.model.image_size == 32 and run.data.image_size == 32
+    variant_yaml = tmp_path / "variant.yaml"
+    variant_yaml.write_text("base: tiny\nmodel:\n  variant: mmgan\n  num_res_units: 1\n")
+    run = load_config(variant_yaml)  # the model section alone says what is trained
+    assert run.train.method == "mmgan" and run.model.num_res_units == 1 and run.model.image_size == 64
+    clash = tmp_path / "clash.yaml"
+    clash.write_text("base: tiny\nmodel:\n  variant: mmgan\ntrain:\n  method: mopoe\n")
+    with pytest.raises(InputError, match="does not match"):
+        load_config(clash)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("base: tiny\ntrain:\n  method: resvit\n")
+    with pytest.raises(InputError, match="unknown method"):
+        load_config(unknown)
+    with pytest.raises(InputError, match="unknown method"):
+        train(cohort, tmp_path / "run", config_file, max_steps=2, progress=False, method="resvit")
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+    from mmhvae.cli import main
+
+    assert main(["train", "--data", str(cohort), "--out", str(tmp_path / "cli"), "--method", "resvit"]) == 2
+    assert not (tmp_path / "cli").exists()

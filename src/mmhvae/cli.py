@@ -19,7 +19,6 @@ from mmhvae.modalities import PAPER_MODALITIES, ModalitySet, subset_label
 # Verbs whose issue has not landed yet: they say so and exit 2 (usage error), never pretend.
 PLANNED_VERBS: dict[str, str] = {
     "ablate": "the ablation study (evaluation issue)",
-    "benchmark": "the performance benchmarks",
     "register": "MR-ultrasound registration (downstream issue)",
     "segment": "ultrasound tumour segmentation (downstream issue)",
     "analyse": "latent and temperature analyses (downstream issue)",
@@ -75,7 +74,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     model = train(args.data, args.out, args.config, max_steps=args.max_steps, max_minutes=args.max_minutes,
                   devices=args.devices, nodes=args.nodes, resume=args.resume, accelerator=args.accelerator,
-                  progress=not args.no_progress, init_from=args.init_from)
+                  progress=not args.no_progress, init_from=args.init_from, method=args.method)
     print(f"model file: {model}")
     return 0
 
@@ -110,6 +109,24 @@ def run_info(args: argparse.Namespace) -> int:
     from mmhvae.info import describe
 
     print(describe(config=args.config, model=args.model, latency=args.latency))
+    return 0
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    import torch
+
+    from mmhvae.benchmark import benchmark, markdown
+    from mmhvae.files import write_text_atomic
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available on this machine")
+    report = benchmark(args.configs.split(","), args.methods.split(","), repeats=args.repeats, device=args.device,
+                       depth=args.depth)
+    print(markdown(report))
+    if args.json:
+        import json
+
+        write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
     return 0
 
 
@@ -174,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--init-from", type=Path, default=None,
                        help="start from the weights of this model file (same architecture; new optimisers)")
+    # Not argparse choices: the method list lives with the networks (model/registry.py), whose import needs
+    # torch; an unknown method is refused by `train` as a one-line input error.
+    train.add_argument("--method", default=None,
+                       help="mmhvae (default, or the config's train.method) or a baseline: mopoe (L = 1), average, "
+                            "concat-zeros (one encoder), mmgan (U-Net GAN)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     train.set_defaults(func=run_train)
 
@@ -215,6 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", default=None, type=Path, help="a model file or run folder")
     info.add_argument("--latency", action="store_true", help="also time one forward pass per slice")
     info.set_defaults(func=run_info)
+
+    bench = verbs.add_parser("benchmark", help="parameters, MACs, latency, training step time and memory")
+    bench.add_argument("--configs", default="tiny,paper", help="comma-separated presets or YAML files")
+    bench.add_argument("--methods", default="mmhvae,mopoe,average,concat-zeros,mmgan", help="comma-separated methods")
+    bench.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median), after a warm-up")
+    bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    bench.add_argument("--depth", type=int, default=32, help="slices of the slab predicted from all 15 subsets")
+    bench.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    bench.set_defaults(func=run_benchmark)
 
     demo = verbs.add_parser("demo", help="the main job on the embedded default (see README)")
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")

@@ -20,7 +20,10 @@ import yaml
 from mmhvae.data.dataset import PreprocessConfig
 from mmhvae.errors import InputError
 from mmhvae.files import write_text_atomic
+from mmhvae.model.mmgan import VARIANT as MMGAN_VARIANT
+from mmhvae.model.mmgan import MMGANConfig
 from mmhvae.model.mmhvae import MMHVAEConfig
+from mmhvae.model.registry import METHODS
 
 PRESETS = ("tiny", "paper")
 
@@ -56,11 +59,14 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU
     num_workers: int = 0
+    # What is trained (`mmhvae train --method`): mmhvae, or a baseline of Section 4.3-4.4 (model/registry.py).
+    method: str = "mmhvae"
 
 
 @dataclass
 class RunConfig:
-    model: MMHVAEConfig = field(default_factory=MMHVAEConfig)
+    # MMGANConfig (a model section with `variant: mmgan`) only for train.method "mmgan".
+    model: MMHVAEConfig | MMGANConfig = field(default_factory=MMHVAEConfig)
     data: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -141,9 +147,25 @@ def from_mapping(values: Any, source: str, base: RunConfig) -> RunConfig:
         raise InputError(f"unknown section(s) {unknown} (sections: model, data, train)", source)
     if "base" in values:
         base = preset(values["base"])
-    model = _update(base.model, values.get("model", {}), "model", source)
+    base_model = base.model
+    model_values = values.get("model", {})
+    if isinstance(model_values, dict) and model_values.get("variant") == MMGAN_VARIANT:
+        # An MM-GAN network; fields it leaves out follow the preset (same grid, comparable width).
+        base_model = base_model if isinstance(base_model, MMGANConfig) else MMGANConfig.like(base_model)
+    model = _update(base_model, model_values, "model", source)
     data = _update(base.data, values.get("data", {}), "data", source)
-    train = _update(base.train, values.get("train", {}), "train", source)
+    train_values = values.get("train", {})
+    train = _update(base.train, train_values, "train", source)
+    if train.method not in METHODS:
+        raise InputError(f"field 'train.method': unknown method {train.method!r} (methods: {', '.join(METHODS)})",
+                         source)
+    if isinstance(model, MMGANConfig) and train.method != "mmgan":
+        if "method" in train_values:
+            raise InputError(f"train.method {train.method!r} does not match the model section (variant mmgan)",
+                             source)
+        train = dataclasses.replace(train, method="mmgan")  # the model section says what is trained
+    if train.method == "mmgan" and isinstance(model, MMHVAEConfig):
+        model = MMGANConfig.like(model)  # an MM-GAN on the same grid, of comparable size
     if tuple(data.modalities) != tuple(model.modalities):
         data = dataclasses.replace(data, modalities=tuple(model.modalities))
     if data.image_size != model.image_size:  # slices are fitted to the model's grid

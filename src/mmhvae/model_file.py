@@ -19,8 +19,10 @@ from mmhvae.data.dataset import PreprocessConfig
 from mmhvae.errors import InputError
 from mmhvae.files import atomic_path
 from mmhvae.model.authors import VARIANT as AUTHORS_VARIANT
-from mmhvae.model.authors import AuthorsConfig, AuthorsMMHVAE
-from mmhvae.model.mmhvae import MMHVAE, MMHVAEConfig
+from mmhvae.model.authors import AuthorsMMHVAE
+from mmhvae.model.mmgan import MMGAN
+from mmhvae.model.mmhvae import MMHVAE
+from mmhvae.model.registry import MMHVAE_VARIANT, build_network
 
 FORMAT = "mmhvae-model"
 FORMAT_VERSION = 1
@@ -39,7 +41,7 @@ def weights_checksum(state_dict: dict[str, torch.Tensor]) -> str:
 
 @dataclass
 class LoadedModel:
-    model: MMHVAE | AuthorsMMHVAE
+    model: MMHVAE | MMGAN | AuthorsMMHVAE
     preprocess: PreprocessConfig
     meta: dict[str, Any]
 
@@ -49,8 +51,8 @@ class LoadedModel:
 
     @property
     def variant(self) -> str:
-        """Which network the file holds: "authors" (`mmhvae import-authors`) or "mmhvae" (ours)."""
-        return AUTHORS_VARIANT if isinstance(self.model, AuthorsMMHVAE) else "mmhvae"
+        """Which network the file holds: "mmhvae" (ours), "mmgan" (baseline) or "authors" (`import-authors`)."""
+        return getattr(self.model.config, "variant", MMHVAE_VARIANT)
 
     @property
     def recorded_temperature(self) -> float | None:
@@ -59,7 +61,7 @@ class LoadedModel:
         return None if value is None else float(value)
 
 
-def save_model_file(path: str | Path, model: MMHVAE | AuthorsMMHVAE, preprocess: PreprocessConfig,
+def save_model_file(path: str | Path, model: MMHVAE | MMGAN | AuthorsMMHVAE, preprocess: PreprocessConfig,
                     meta: dict[str, Any] | None = None) -> Path:
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {
@@ -100,11 +102,7 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> Loa
     if weights_checksum(payload["state_dict"]) != payload["checksum"]:
         raise InputError("the weights do not match their checksum (file damaged or edited)", path)
     try:
-        config = payload["model_config"]
-        if isinstance(config, dict) and config.get("variant") == AUTHORS_VARIANT:
-            model = AuthorsMMHVAE.from_config(AuthorsConfig.from_dict(config))
-        else:
-            model = MMHVAE.from_config(MMHVAEConfig.from_dict(config))
+        model = build_network(payload["model_config"])
         model.load_state_dict(payload["state_dict"])
     except (ValueError, TypeError, RuntimeError) as exc:
         raise InputError(f"model file does not match its configuration ({str(exc).splitlines()[0]})", path) from None

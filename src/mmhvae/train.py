@@ -8,6 +8,10 @@ whose "real" sample for a modality missing from the batch comes from a memory of
 
 Each modality present in the batch is encoded once and its features are reused for the T draws (the
 draws are batched into one decoding pass), which is exact: the encoders see only their own modality.
+
+Baselines (`train(..., method=...)`, `mmhvae train --method`, model/registry.py): mopoe, average and
+concat-zeros are MMHVAE configurations trained by this same step; mmgan (MM-GAN) has its own generator step
+in `MMGANModule`, which shares everything else (data, critics, memory, EMA, checkpoints, resume, logging).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from mmhvae.errors import InputError
 from mmhvae.io import discover_subjects
 from mmhvae.modalities import ModalitySet, SubsetSampler
 from mmhvae.model import critic as critics
-from mmhvae.model.mmhvae import MMHVAE
+from mmhvae.model.mmgan import MMGAN
+from mmhvae.model.registry import build_network, network_config_for_method
 from mmhvae.model_file import save_model_file
 
 MODEL_FILE = "model.pt"
@@ -69,7 +74,7 @@ class MMHVAEModule(pl.LightningModule):
         self.run_config = from_mapping(run, "<checkpoint>", RunConfig())
         cfg, train = self.run_config.model, self.run_config.train
         self.modalities = ModalitySet(tuple(cfg.modalities))
-        self.model = MMHVAE.from_config(cfg)
+        self.model = build_network(cfg.to_dict())  # MMHVAE, or MM-GAN for MMGANModule
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.critics = critics.ModalityCritics(self.modalities.keys)
         self.memory = critics.RealImageMemory(self.modalities.keys, train.memory_size)
@@ -276,6 +281,69 @@ class MMHVAEModule(pl.LightningModule):
         self.minutes_before_this_session = state.get("wall_minutes", 0.0)
 
 
+class MMGANModule(MMHVAEModule):
+    """MM-GAN (Sharma & Hamarneh, IEEE TMI 2019) trained with the machinery of `MMHVAEModule`: same data
+    module, per-modality critics and their update, memory of real images, EMA, checkpoints, exact resume,
+    logging and validation. Only the network, the generator's optimiser and the generator step differ.
+
+    One step: T = train.passes draws of a random non-empty subset of the batch's observed modalities (MM-GAN's
+    random input dropping, uniform over the subsets; T draws so that both methods see as many (slice, input
+    subset) pairs per step), zeros for the dropped modalities; loss (1 - w) L1 + w LSGAN with w =
+    train.gan_weight (MM-GAN: lambda = 0.9 on L1, 0.1 adversarial, from the first step), the L1 averaged over
+    every observed modality, the adversarial term over all modalities. Then the critics' update of
+    Algorithm 1 (lines 27-35), as for MMHVAE.
+    """
+
+    def __init__(self, run: dict[str, Any]):
+        super().__init__(run)
+        if not isinstance(self.model, MMGAN):
+            raise ValueError("MMGANModule needs a run whose model section is an MM-GAN (variant: mmgan)")
+
+    def configure_optimizers(self):
+        train = self.run_config.train
+        # MM-GAN's optimiser, Adam with betas (0.5, 0.999), for the generator (MMHVAE: Adamax); the critic
+        # optimiser and the step-wise cosine schedule (constant when lr_final == lr) are MMHVAE's.
+        generator = torch.optim.Adam(self.model.parameters(), lr=train.lr, betas=(0.5, 0.999))
+        critic = torch.optim.Adam(self.critics.parameters(), lr=train.critic_lr, betas=(0.5, 0.999))
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(generator, T_max=max(1, train.max_steps),
+                                                            eta_min=train.lr_final)
+        return [generator, critic], [{"scheduler": cosine, "interval": "step"}]
+
+    def draw_subsets(self, present: Tensor) -> Tensor:
+        """T input subsets, each uniform over the non-empty subsets of the batch's observed modalities: [T, M]."""
+        observed = present[0].nonzero(as_tuple=True)[0].tolist()
+        # A random code in [1, 2^|observed|) is a uniform non-empty subset: bit i keeps observed[i].
+        codes = self.rng.integers(1, 2 ** len(observed), size=self.run_config.train.passes)
+        subsets = torch.zeros(len(codes), present.shape[1], dtype=torch.bool)
+        for t, code in enumerate(codes.tolist()):
+            for i, j in enumerate(observed):
+                subsets[t, j] = bool(code >> i & 1)
+        return subsets.to(present.device)
+
+    def generator_losses(self, batch: dict[str, Tensor], subsets: Tensor) -> dict[str, Tensor]:
+        """MM-GAN's generator loss, (1 - w) L1 + w LSGAN, averaged over the batch and the T input subsets."""
+        train = self.run_config.train
+        inputs, targets, present = batch["inputs"], batch["targets"], batch["present"].bool()
+        passes, size = subsets.shape[0], inputs.shape[0]
+        features = self.model.encode(inputs, present)
+        rows = torch.arange(size, device=inputs.device).repeat(passes)
+        output = self.model.decode(features.index(rows), subsets.repeat_interleave(size, dim=0))
+        observed = present[rows]
+        errors = image_error(output.images, targets[rows], train.image_loss)
+        # Mean over every observed (slice, modality), as MM-GAN's L1Loss over the synthesised channels.
+        image = (errors * observed).sum() / observed.sum().clamp(min=1)
+        losses = {"image": image, "total": image}
+        weight = gan_weight(self.global_step, train)
+        if weight > 0:
+            # critic.py's LSGAN carries a factor 1/2 that MM-GAN's MSELoss does not; MM-GAN's single critic
+            # averages over channels, so the per-modality terms are averaged.
+            losses["gan"] = sum(2 * critics.generator_loss(self.critics(key, output.images[:, j]), train.gan_loss)
+                                for j, key in enumerate(self.modalities)) / len(self.modalities)
+            losses["total"] = (1 - weight) * image + weight * losses["gan"]
+        losses["fake"] = output.images.detach()
+        return losses
+
+
 def first_present_only(present: Tensor) -> Tensor:
     """For each sample, a mask with only its first present modality."""
     first = present.float().argmax(dim=1)
@@ -358,11 +426,40 @@ def build_trainer(out: Path, run: RunConfig, devices: int = 1, nodes: int = 1, a
     )
 
 
+# Training recipe of a method where it differs from MMHVAE's, set when its run is created. MM-GAN (Sharma &
+# Hamarneh 2019, their code): L1 with weight 0.9 and LSGAN with weight 0.1 from the first step, Adam at a
+# constant 2e-4 for generator and critic.
+METHOD_TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {
+    "mmgan": {"image_loss": "l1", "gan_weight": 0.1, "gan_start": 0.0, "lr": 2e-4, "lr_final": 2e-4,
+              "critic_lr": 2e-4},
+}
+
+
+def with_method(run: RunConfig, method: str) -> RunConfig:
+    """The run configuration of `method` (model/registry.py): its network and its training recipe."""
+    try:
+        model = network_config_for_method(method, run.model)
+    except ValueError as exc:
+        raise InputError(f"--method {method}: {exc}") from None
+    train = replace(run.train, method=method, **METHOD_TRAIN_OVERRIDES.get(method, {}))
+    return RunConfig(model, run.data, train)
+
+
+def module_for(run: RunConfig) -> MMHVAEModule:
+    """The Lightning module that trains `run.train.method`."""
+    module_class = MMGANModule if run.train.method == "mmgan" else MMHVAEModule
+    return module_class(run.to_dict())
+
+
 def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_steps: int | None = None,
           max_minutes: float | None = None, devices: int = 1, nodes: int = 1, resume: bool = False,
           accelerator: str = "auto", progress: bool = True, overrides: dict[str, Any] | None = None,
-          stop_at_step: int | None = None, init_from: str | Path | None = None) -> Path:
+          stop_at_step: int | None = None, init_from: str | Path | None = None, method: str | None = None) -> Path:
     """Train on a data folder; write the run folder (config, logs, checkpoints, model file). Returns the model.
+
+    `method` (model/registry.py METHODS; default: the config's train.method, "mmhvae") picks MMHVAE or a
+    baseline; it is recorded in the run's config.yaml (train.method) and the model file's meta. A resumed run
+    keeps its method.
 
     `init_from` (a model file of the same architecture) starts a new run from its weights, with fresh
     optimisers and schedules: fine-tuning, or continuing a shipped model with a new budget.
@@ -388,6 +485,11 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
         if (out / "config.yaml").exists():
             raise InputError("run folder already holds a run (use --resume, or another --out)", out)
         run = load_config(config)
+    if resume:
+        if method is not None and method != run.train.method:
+            raise InputError(f"--method {method}: this run trains {run.train.method!r}", out)
+    else:
+        run = with_method(run, method or run.train.method)
     changes = {k: v for k, v in {"max_steps": max_steps, "max_minutes": max_minutes, **(overrides or {})}.items()
                if v is not None}
     run = RunConfig(run.model, run.data, replace(run.train, **changes))
@@ -399,7 +501,7 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
                                  batches_per_epoch=run.train.checkpoint_every,
                                  val_subjects=validation_subjects(data, run), seed=run.train.seed,
                                  cache_dir=out / "cache", num_workers=run.train.num_workers)
-    module = MMHVAEModule(run.to_dict())
+    module = module_for(run)
     starting_fresh = not (resume and last.is_file())
     initial = initialise_from(module, init_from, run) if init_from is not None and starting_fresh else None
     session = len(list((out / "logs").glob("session-*")))
@@ -413,6 +515,7 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
             "steps": int(trainer.global_step), "train_minutes": (time.monotonic() - started) / 60,
             "skipped_updates": module.nonfinite_total, "data": str(data), "config": run.to_dict(),
             "world_size": int(trainer.world_size), "replicas_in_sync": in_sync, "init_from": initial,
+            "method": run.train.method,
         })
     return model_path
 

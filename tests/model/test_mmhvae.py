@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmhvae.model.mmhvae import MMHVAE, EncodedModalities, MMHVAEConfig
+from mmhvae.model.mmhvae import MMHVAE, EncodedImages, EncodedModalities, MMHVAEConfig
 
 B, M, SIZE = 3, 4, 64
 
@@ -240,3 +240,66 @@ def test_config_round_trips_through_a_plain_dict_and_a_weights_only_file(tmp_pat
     a = model(images, all_present(1), temperature=0.0).images
     b = restored(images, all_present(1), temperature=0.0).images
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ----- encoder "joint": one encoder on the concatenated modalities, zeros outside r' (Section 4.4.2) -----
+
+
+@pytest.fixture(scope="module")
+def joint_model() -> MMHVAE:
+    torch.manual_seed(0)
+    return MMHVAE(MMHVAEConfig.tiny(encoder="joint"))
+
+
+def test_joint_encoder_shapes_and_a_single_encoder(joint_model: MMHVAE) -> None:
+    assert len(joint_model.encoders) == 1 and joint_model.encoders[0].stem.in_channels == M
+    features = joint_model.encode(random_images(), all_present())
+    assert isinstance(features, EncodedImages) and features.skips == []
+    out = joint_model.decode(features, mask("1111", "1000", "0110"), temperature=0.5)
+    assert out.images.shape == (B, M, SIZE, SIZE) and out.images.abs().max() <= 1.0
+    assert out.kl_groups == (1, 2, 3, 4, 5) and all(k.shape == (B,) for k in out.kl)
+    assert out.z1_mean is not None and out.z1_mean.shape == (B, 4, SIZE, SIZE)
+    assert count_parameters(joint_model) < count_parameters(MMHVAE(MMHVAEConfig.tiny()))
+
+
+def test_joint_encoder_ignores_modalities_outside_the_subset_nan_included(joint_model: MMHVAE) -> None:
+    images = random_images()
+    subset = mask("1010", "0110", "1000")
+    reference = joint_model(images, all_present(), subset, temperature=0.0)
+    changed = images.clone()
+    changed[:, 3] = torch.randn(B, SIZE, SIZE)  # flair is in no subset
+    changed[0, 1] = 5.0  # t2 is outside sample 0's subset only
+    out = joint_model(changed, all_present(), subset, temperature=0.0)
+    torch.testing.assert_close(out.images, reference.images, rtol=0, atol=0)
+    changed[:, 3] = float("nan")  # absent: any value, NaN included
+    out = joint_model(changed, mask("1110", "1110", "1110"), subset, temperature=0.0)
+    assert torch.isfinite(out.images).all() and all(torch.isfinite(k).all() for k in out.kl)
+    torch.testing.assert_close(out.images, reference.images, rtol=0, atol=0)
+
+
+def test_joint_encoder_mixed_subsets_in_one_batch_equal_separate_runs(joint_model: MMHVAE) -> None:
+    images = random_images()
+    subsets = mask("1111", "1000", "0101")
+    features = joint_model.encode(images, all_present())
+    together = joint_model.decode(features, subsets, temperature=0.0)
+    for i in range(B):
+        alone = joint_model.decode(features.index(torch.tensor([i])), subsets[i : i + 1], temperature=0.0)
+        torch.testing.assert_close(together.images[i : i + 1], alone.images, rtol=1e-4, atol=1e-5)
+        for a, b in zip(together.kl, alone.kl):
+            torch.testing.assert_close(a[i : i + 1], b, rtol=1e-4, atol=1e-3)
+    # The subset changes the joint encoder's input, hence the output (the features are not encoded once).
+    assert not torch.allclose(together.images[0], joint_model.decode(features.index(torch.tensor([0])),
+                                                                      mask("1000"), temperature=0.0).images[0])
+
+
+def test_joint_encoder_empty_subset_samples_from_the_prior_and_needs_poe(joint_model: MMHVAE) -> None:
+    out = joint_model(random_images(), all_present(), torch.zeros(B, M, dtype=torch.bool), temperature=0.0)
+    torch.testing.assert_close(out.kl_total, torch.zeros(B), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="fusion 'poe'"):
+        MMHVAEConfig.tiny(encoder="joint", fusion="average")
+    with pytest.raises(ValueError, match="encoder must be"):
+        MMHVAEConfig.tiny(encoder="shared")
+    with pytest.raises(ValueError, match="own `encode`"):
+        joint_model.decode(MMHVAE(MMHVAEConfig.tiny()).encode(random_images(), all_present()), all_present())
+    config = MMHVAEConfig.tiny(encoder="joint")
+    assert MMHVAEConfig.from_dict(config.to_dict()) == config

@@ -10,6 +10,14 @@ Usage, "encode once, fuse many" (what training with T subsets and 15-subset infe
     features = model.encode(images, present)            # images [B, M, H, W], present [B, M] bool
     out = model.decode(features, subset, temperature=0.5)  # subset [B, M] bool, subset <= present
     out.images                                          # [B, M, H, W], every modality, in [-1, 1]
+
+Two different "concatenation with zeros" exist here, do not confuse them:
+- `encoder: "joint"` (the "Concat. w/ zeros" model of Section 4.4.2, "only one encoder is used", and the
+  `concat-zeros` baseline of `mmhvae train --method`): ONE encoder reads the M images stacked as channels,
+  zeros for the modalities outside r'. Its features depend on r', so `encode` only keeps the images and
+  `decode` runs the joint encoder on each row's subset-masked images.
+- `fusion: "concat_zeros"` (a feature-level fusion ablation): M per-modality encoders as usual, and at each
+  level the expert reads the M feature maps concatenated, zeros for the modalities outside r'.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ TOPDOWN_MODES = ("full", "markov")
 HEAD_MODES = ("per_modality", "shared")
 FUSION_MODES = ("poe", "inverse_std", "average", "concat_zeros")
 KL_MODES = ("analytic", "sample")
+ENCODER_MODES = ("per_modality", "joint")
 
 
 @dataclass
@@ -76,8 +85,13 @@ class MMHVAEConfig:
     # "per_modality" (paper, Eq. 12: phi_l^j) or "shared" (authors' code: one head per level).
     # Only meaningful for the product fusions; "average"/"concat_zeros" have one head per level.
     heads: str = "per_modality"
-    # "poe" (paper, Eq. 14), "inverse_std" (authors' code), "average" / "concat_zeros" (ablations).
+    # "poe" (paper, Eq. 14), "inverse_std" (authors' code), "average" / "concat_zeros" (ablations; the
+    # latter concatenates per-modality FEATURES, unlike encoder="joint" below).
     fusion: str = "poe"
+    # "per_modality" (paper: one encoder per modality, fused by `fusion`) or "joint" (Section 4.4.2's
+    # "Concat. w/ zeros": one encoder on the M images concatenated as channels, zeros outside r', then one
+    # expert per level times the prior; requires fusion "poe", which with a single expert is just that).
+    encoder: str = "per_modality"
     decoder_blocks: int = 5
     # Width of the image decoders (None: base_features).
     decoder_features: int | None = None
@@ -116,6 +130,11 @@ class MMHVAEConfig:
         check(self.heads in HEAD_MODES, f"heads must be one of {HEAD_MODES}")
         check(self.fusion in FUSION_MODES, f"fusion must be one of {FUSION_MODES}")
         check(self.kl in KL_MODES, f"kl must be one of {KL_MODES}")
+        check(self.encoder in ENCODER_MODES, f"encoder must be one of {ENCODER_MODES}")
+        check(
+            self.encoder == "per_modality" or self.fusion == "poe",
+            f"encoder 'joint' has one expert per level (prior x expert) and needs fusion 'poe', got {self.fusion!r}",
+        )
         check(self.norm in NORMS, f"norm must be one of {NORMS}")
         top = self.num_pool + 1
         if self.num_latent_levels is not None:
@@ -217,6 +236,26 @@ class EncodedModalities:
 
 
 @dataclass
+class EncodedImages(EncodedModalities):
+    """What `encode` returns for networks whose features depend on the subset, and so cannot "encode once,
+    fuse many" (the joint encoder of `encoder: "joint"`, MM-GAN): the images themselves, [B, M, H, W], absent
+    modalities set to 0; `skips` is empty and `bottom` is [B, 0]. Their `decode` does the encoding, on the
+    images masked by each row's subset.
+    """
+
+    images: Tensor
+
+    @classmethod
+    def from_images(cls, images: Tensor, present: Tensor) -> EncodedImages:
+        # `where`, not a product: NaN in an absent image must not leak into the zeros.
+        kept = torch.where(present[:, :, None, None], images, torch.zeros_like(images))
+        return cls([], images.new_zeros(images.shape[0], 0), present, kept)
+
+    def index(self, rows: Tensor) -> EncodedImages:
+        return EncodedImages([], self.bottom[rows], self.present[rows], self.images[rows])
+
+
+@dataclass
 class MMHVAEOutput:
     """Result of one decoding pass.
 
@@ -239,18 +278,21 @@ class MMHVAEOutput:
 
 
 class ModalityEncoder(nn.Module):
-    """Bottom-up encoder of one modality: stem, then per level [residual cell -> skip, stride-2 conv]."""
+    """Bottom-up encoder of one modality: stem, then per level [residual cell -> skip, stride-2 conv].
 
-    def __init__(self, config: MMHVAEConfig):
+    With `in_channels` = M it is the joint encoder of `encoder: "joint"` (all modalities stacked).
+    """
+
+    def __init__(self, config: MMHVAEConfig, in_channels: int = 1):
         super().__init__()
         c = config.features
-        self.stem = conv3x3(1, c(0))
+        self.stem = conv3x3(in_channels, c(0))
         self.cells = nn.ModuleList(EncoderCell(c(s), config.norm) for s in range(config.num_pool))
         self.downs = nn.ModuleList(Downsample(c(s), c(s + 1)) for s in range(config.num_pool))
         self.bottom = EncoderCell(c(config.num_pool), config.norm)
 
     def forward(self, image: Tensor) -> tuple[list[Tensor], Tensor]:
-        """image [N, 1, H, W] -> (skips per level, flattened coarsest map [N, D])."""
+        """image [N, in_channels, H, W] -> (skips per level, flattened coarsest map [N, D])."""
         x = self.stem(image)
         skips = []
         for cell, down in zip(self.cells, self.downs):
@@ -293,12 +335,16 @@ class MMHVAE(nn.Module):
         levels = range(config.num_pool)
         stochastic = set(config.stochastic_groups)
         self.stochastic_levels = tuple(s for s in levels if s + 1 in stochastic)
+        joint = config.encoder == "joint"
         product_fusion = config.fusion in ("poe", "inverse_std")
-        heads_per_level = num_modalities if product_fusion and config.heads == "per_modality" else 1
+        heads_per_level = num_modalities if product_fusion and config.heads == "per_modality" and not joint else 1
         # How many modality feature maps a head sees next to the top-down state.
         skip_copies = num_modalities if config.fusion == "concat_zeros" else 1
 
-        self.encoders = nn.ModuleList(ModalityEncoder(config) for _ in config.modalities)
+        if joint:  # one encoder on the M stacked images (Section 4.4.2, "Concat. w/ zeros")
+            self.encoders = nn.ModuleList([ModalityEncoder(config, in_channels=num_modalities)])
+        else:
+            self.encoders = nn.ModuleList(ModalityEncoder(config) for _ in config.modalities)
 
         # Global group z_L: Eq. 13 writes h_phi_L without a modality index, so one Linear is shared.
         bottom_dim = c(config.num_pool) * config.bottom_size**2
@@ -353,6 +399,9 @@ class MMHVAE(nn.Module):
 
         images: [B, M, H, W] in config.modalities order (values of absent modalities are ignored,
         they may be anything, NaN included); present: [B, M] bool.
+
+        With `encoder: "joint"` the features depend on the subset fused, so nothing is encoded here: the
+        images are kept (absent ones zeroed) and `decode` runs the joint encoder on each subset.
         """
         present = self._check_mask(present, images.shape[0], "present")
         if images.ndim != 4 or images.shape[1] != self.num_modalities:
@@ -360,6 +409,8 @@ class MMHVAE(nn.Module):
         size = self.config.image_size
         if images.shape[-2:] != (size, size):
             raise ValueError(f"images must be {size}x{size}, got {tuple(images.shape[-2:])}")
+        if self.config.encoder == "joint":
+            return EncodedImages.from_images(images, present)
 
         per_modality_skips, per_modality_bottom = [], []
         for j, encoder in enumerate(self.encoders):
@@ -377,6 +428,20 @@ class MMHVAE(nn.Module):
             per_modality_bottom.append(bottom)
         skips_by_level = [torch.stack(level, dim=1) for level in zip(*per_modality_skips)]
         return EncodedModalities(skips_by_level, torch.stack(per_modality_bottom, dim=1), present)
+
+    def _encode_joint(self, features: EncodedModalities, subset: Tensor) -> tuple[EncodedModalities, Tensor]:
+        """Joint encoder on the images of r' (zeros elsewhere): features of one pseudo-modality, [B, 1, ...].
+
+        The returned mask [B, 1] is False for an empty subset, whose row then samples from the prior, as
+        with per-modality encoders.
+        """
+        if not isinstance(features, EncodedImages):
+            raise ValueError("encoder 'joint' needs features from its own `encode` (they hold the images)")
+        masked = torch.where(subset[:, :, None, None], features.images, torch.zeros_like(features.images))
+        skips, bottom = self.encoders[0](masked)
+        any_input = subset.any(dim=1, keepdim=True)
+        joint = EncodedModalities([s.unsqueeze(1) for s in skips], bottom.unsqueeze(1), any_input)
+        return joint, any_input
 
     def _zero_features(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
         cfg, batch = self.config, images.shape[0]
@@ -404,11 +469,16 @@ class MMHVAE(nn.Module):
         features.present). Samples of one batch may use different subsets. An all-False row samples
         from the prior. temperature scales the posterior standard deviations (0 or sample=False: use
         the means). kl: "analytic" or "sample" (Eq. 19), default config.kl.
+
+        With `encoder: "joint"` the joint encoder first runs here on the images masked by each row's
+        subset (zeros outside r'), and its features act as a single expert per level.
         """
         cfg = self.config
         subset = self._check_mask(subset, features.batch_size, "subset")
         if bool((subset & ~features.present).any()):
             raise ValueError("subset selects a modality that was not encoded (not in `present`)")
+        if cfg.encoder == "joint":
+            features, subset = self._encode_joint(features, subset)
         kl_mode = cfg.kl if kl is None else kl
         if kl_mode not in KL_MODES:
             raise ValueError(f"kl must be one of {KL_MODES}, got {kl!r}")

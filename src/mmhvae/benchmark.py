@@ -1,0 +1,240 @@
+"""`mmhvae benchmark`: what the networks cost on this machine (issue "Performance").
+
+For each configuration (tiny, paper) and method it prints parameters, MACs per slice, inference latency per
+slice at batch 1 and 16, the time to predict every modality from all 15 input subsets of a slab in one run
+against 15 single-subset runs, the training-step time at batch 4 and 16 with T = 3, and the peak memory of
+that step; plus the phantom generator's subjects per second. Times are medians of repeated runs after a
+warm-up. Each training measurement runs in a fresh process, so its peak resident memory is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmhvae.config import RunConfig, load_config
+from mmhvae.errors import InputError
+from mmhvae.info import macs_per_slice, parameter_count
+from mmhvae.modalities import ModalitySet, non_empty_subsets
+
+
+@dataclass
+class Result:
+    config: str
+    method: str
+    parameters: int
+    macs_all_inputs_g: float
+    latency_ms_batch1: float
+    latency_ms_per_slice_batch16: float
+    slab: str
+    all_subsets_one_run_s: float
+    all_subsets_separate_runs_s: float
+    train_step_s: dict[str, float] = field(default_factory=dict)
+    train_peak_memory_gb: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def batched_subset_ratio(self) -> float:
+        return self.all_subsets_one_run_s / self.all_subsets_separate_runs_s
+
+
+def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: torch.device | None = None) -> float:
+    """Median wall time of `fn` in seconds, after `warmup` untimed calls."""
+    def synchronise() -> None:
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    synchronise()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronise()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def method_network(config: str, method: str) -> tuple[torch.nn.Module, RunConfig]:
+    """The network and run configuration of `method` (as `mmhvae train --method`) from a preset or YAML file."""
+    from mmhvae.model.registry import METHODS, build_network
+    from mmhvae.train import with_method
+
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    run = with_method(load_config(config), method)
+    return build_network(run.model.to_dict()), run
+
+
+@torch.inference_mode()
+def inference_latency(model: torch.nn.Module, batch: int, repeats: int, device: torch.device) -> float:
+    """Seconds per slice of one forward pass (all inputs present, temperature 0.5) at this batch size."""
+    cfg = model.config
+    images = torch.zeros(batch, len(cfg.modalities), cfg.image_size, cfg.image_size, device=device)
+    present = torch.ones(batch, len(cfg.modalities), dtype=torch.bool, device=device)
+    return median_time(lambda: model(images, present, temperature=0.5), repeats, device=device) / batch
+
+
+def slab_subject(model: torch.nn.Module, depth: int):
+    """A synthetic subject on the model grid with every modality present, `depth` slices deep."""
+    from mmhvae.data.dataset import PreparedSubject
+
+    cfg = model.config
+    rng = np.random.default_rng(0)
+    shape = (len(cfg.modalities), cfg.image_size, cfg.image_size, depth)
+    inputs = rng.uniform(-1, 1, shape).astype(np.float32)
+    return PreparedSubject("bench", inputs, inputs.copy(), np.ones(len(cfg.modalities), bool),
+                           np.ones(shape[1:], bool), np.arange(depth))
+
+
+def all_subsets_times(model: torch.nn.Module, depth: int, repeats: int) -> tuple[float, float]:
+    """(one run over all 2^M - 1 subsets, the same as one run per subset), seconds."""
+    from mmhvae.predict import synthesise
+
+    prepared = slab_subject(model, depth)
+    subsets = non_empty_subsets(ModalitySet(tuple(model.config.modalities)))
+    together = median_time(lambda: synthesise(model, prepared, subsets), repeats)
+    separately = median_time(lambda: [synthesise(model, prepared, [s]) for s in subsets], repeats)
+    return together, separately
+
+
+def training_step_time(config: str, method: str, batch: int, repeats: int, device: str) -> dict[str, float]:
+    """One Algorithm-1 step (T passes, backward, optimiser) in this process: median seconds and peak memory."""
+    from mmhvae.train import module_for
+
+    network, run = method_network(config, method)
+    run.train.batch_size = batch
+    module = module_for(run).to(device)
+    module.model.load_state_dict(network.state_dict())
+    optimiser = torch.optim.Adamax(module.model.parameters(), lr=run.train.lr)
+    cfg = run.model
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.rand(batch, len(cfg.modalities), cfg.image_size, cfg.image_size, generator=generator) * 2 - 1
+    data = {"inputs": inputs.to(device), "targets": inputs.to(device),
+            "present": torch.ones(batch, len(cfg.modalities), dtype=torch.bool, device=device)}
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step() -> None:
+        losses = module.generator_losses(data, module.draw_subsets(data["present"]))
+        optimiser.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optimiser.step()
+
+    seconds = median_time(step, repeats, device=torch.device(device))
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # Linux reports KiB
+    return {"seconds": seconds, "peak_gb": peak}
+
+
+def training_step_in_fresh_process(config: str, method: str, batch: int, repeats: int, device: str,
+                                   threads: int) -> dict[str, float]:
+    """Run `training_step_time` in a child process so that its peak memory is measured alone."""
+    code = ("import json, sys, torch; torch.set_num_threads(int(sys.argv[6])); "
+            "from mmhvae.benchmark import training_step_time; "
+            "print(json.dumps(training_step_time(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "
+            "sys.argv[5])))")
+    done = subprocess.run([sys.executable, "-c", code, config, method, str(batch), str(repeats), device,
+                           str(threads)], capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"seconds": float("nan"), "peak_gb": float("nan"), "error": last[:200]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def phantom_subjects_per_second(subjects: int = 4, size: int = 64) -> float:
+    from mmhvae.data import phantom
+
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        phantom.simulate_cohort(Path(folder) / "cohort", subjects=subjects, seed=0, size=size)
+        return subjects / (time.perf_counter() - start)
+
+
+def benchmark(configs: list[str], methods: list[str], repeats: int = 3, device: str = "cpu", depth: int = 32,
+              train_batches: tuple[int, ...] = (4, 16), phantom_subjects: int = 4) -> dict[str, Any]:
+    """Every figure of the performance issue for each (config, method); returns a JSON-ready dict."""
+    torch_device = torch.device(device)
+    results = []
+    for config in configs:
+        for method in methods:
+            model, _ = method_network(config, method)
+            model = model.to(torch_device).eval()
+            cfg = model.config
+            together, separately = all_subsets_times(model, depth, repeats)
+            result = Result(
+                config=config, method=method, parameters=parameter_count(model),
+                macs_all_inputs_g=macs_per_slice(model.cpu()) / 1e9,
+                latency_ms_batch1=0.0, latency_ms_per_slice_batch16=0.0,
+                slab=f"{cfg.image_size}x{cfg.image_size}x{depth}",
+                all_subsets_one_run_s=together, all_subsets_separate_runs_s=separately)
+            model = model.to(torch_device)
+            result.latency_ms_batch1 = 1000 * inference_latency(model, 1, repeats, torch_device)
+            result.latency_ms_per_slice_batch16 = 1000 * inference_latency(model, 16, repeats, torch_device)
+            for batch in train_batches:
+                measured = training_step_in_fresh_process(config, method, batch, repeats, device,
+                                                          torch.get_num_threads())
+                result.train_step_s[str(batch)] = measured["seconds"]
+                result.train_peak_memory_gb[str(batch)] = measured["peak_gb"]
+            results.append(result)
+    return {
+        "machine": machine_description(device),
+        "results": [{**asdict(r), "batched_subset_ratio": r.batched_subset_ratio} for r in results],
+        "phantom_subjects_per_second": phantom_subjects_per_second(phantom_subjects) if phantom_subjects else None,
+        "repeats": repeats,
+    }
+
+
+def machine_description(device: str) -> dict[str, Any]:
+    description = {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "device": device,
+    }
+    if device == "cuda":
+        description["gpu"] = torch.cuda.get_device_name(0)
+    return description
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The benchmark as a Markdown table (the README's Performance section)."""
+    machine = report["machine"]
+    batches = sorted({b for r in report["results"] for b in r["train_step_s"]}, key=int)
+    lines = [
+        f"Machine: {machine['processor']}, {machine['usable_cpus']} usable CPUs, {machine['torch_threads']} torch "
+        f"threads, torch {machine['torch']}, device {machine['device']}; medians of {report['repeats']} runs "
+        "after a warm-up.",
+        "",
+        "| config | method | parameters | GMACs/slice | ms/slice (b1) | ms/slice (b16) | 15 subsets, one run (s) "
+        "| 15 separate runs (s) | ratio | " + " | ".join(f"train step b{b} (s) | peak mem b{b} (GB)" for b in batches)
+        + " |",
+        "|---" * (9 + 2 * len(batches)) + "|",
+    ]
+    for r in report["results"]:
+        steps, memory = r["train_step_s"], r["train_peak_memory_gb"]
+        training = " | ".join(f"{steps[b]:.2f} | {memory[b]:.2f}" for b in batches)
+        lines.append(
+            f"| {r['config']} | {r['method']} | {r['parameters']:,} | {r['macs_all_inputs_g']:.2f} | "
+            f"{r['latency_ms_batch1']:.1f} | {r['latency_ms_per_slice_batch16']:.1f} | "
+            f"{r['all_subsets_one_run_s']:.2f} ({r['slab']}) | {r['all_subsets_separate_runs_s']:.2f} | "
+            f"{r['batched_subset_ratio']:.2f} | {training} |")
+    if report.get("phantom_subjects_per_second"):
+        lines += ["", f"Phantom generator: {report['phantom_subjects_per_second']:.2f} subjects/s at size 64."]
+    return "\n".join(lines)
