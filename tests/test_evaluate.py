@@ -84,3 +84,23 @@ def test_bold_marks_a_method_significantly_better_than_all_others():
     assert table.count("**") == 4  # PSNR and SSIM of method b
     # a difference within the noise is not significant: nobody is bold
     assert significantly_best(synthetic_rows(shift_b=0.01), "psnr") == set()
+
+
+def test_several_models_are_compared_in_one_table_under_their_method_names(setup, tmp_path):
+    model, data = setup
+    torch.manual_seed(1)
+    mopoe = save_model_file(tmp_path / "mopoe.pt", MMHVAE.from_config(
+        MMHVAEConfig(**{**SMALL.to_dict(), "num_latent_levels": 1})).eval(),
+        PreprocessConfig(modalities=SMALL.modalities, image_size=32), meta={"method": "mopoe"})
+    rows = evaluate([model, mopoe], data, tmp_path / "eval", with_lpips=False, mean_image_from=data)
+    assert {r["method"] for r in rows} == {"mmhvae", "mopoe", "mean-image"}
+    by_method = {m: {(r["subject"], r["slice"], r["inputs"], r["target"]) for r in rows if r["method"] == m}
+                 for m in ("mmhvae", "mopoe")}
+    assert by_method["mmhvae"] == by_method["mopoe"]  # paired: the same slices, subsets and targets
+    table = (tmp_path / "eval" / "table.md").read_text()
+    assert "| mopoe | us+t2+t1c+flair |" in table and "## mopoe: subject-averaged" in table
+    wider = save_model_file(tmp_path / "wider.pt", MMHVAE.from_config(MMHVAEConfig(**{**SMALL.to_dict(),
+                            "image_size": 64, "num_pool": 3})).eval(),
+                            PreprocessConfig(modalities=SMALL.modalities, image_size=64))
+    with pytest.raises(InputError, match="same modalities and preprocessing"):
+        evaluate([model, wider], data, tmp_path / "other", with_lpips=False)

@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=run_predict)
 
     evaluate = verbs.add_parser("evaluate", help="PSNR/SSIM/LPIPS for every input subset and target")
-    evaluate.add_argument("--model", required=True, type=Path, help="model file or run folder")
+    evaluate.add_argument("--model", required=True, type=Path, nargs="+",
+                          help="model file(s) or run folder(s); several are compared in one table")
     evaluate.add_argument("--data", required=True, type=Path, help="test subjects (with targets or tissue maps)")
     evaluate.add_argument("--out", required=True, type=Path, help="writes metrics.csv and table.md")
     evaluate.add_argument("--temperature", type=float, default=0.5)

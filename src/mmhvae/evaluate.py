@@ -225,36 +225,54 @@ def prepared_for_evaluation(files: SubjectFiles, loaded: LoadedModel) -> Prepare
     return prepared
 
 
-def evaluate(model: str | Path, data: str | Path, out: str | Path, temperature: float = DEFAULT_TEMPERATURE,
-             with_lpips: bool = True, method: str = "mmhvae", overwrite: bool = False,
-             mean_image_from: str | Path | None = None) -> list[dict]:
+def method_names(paths: Sequence[Path], loaded: Sequence[LoadedModel]) -> list[str]:
+    """Table names of the models: the method recorded at training (`train --method`), made unique by file name."""
+    names = [m.meta.get("method") or m.variant for m in loaded]
+    return [f"{name} ({Path(path).stem})" if names.count(name) > 1 else name for name, path in zip(names, paths)]
+
+
+def evaluate(model: str | Path | Sequence[str | Path], data: str | Path, out: str | Path,
+             temperature: float = DEFAULT_TEMPERATURE, with_lpips: bool = True, method: str | None = None,
+             overwrite: bool = False, mean_image_from: str | Path | None = None) -> list[dict]:
     """The `mmhvae evaluate` job: long CSV and Table I-style Markdown for every test subject in `data`.
 
-    `mean_image_from` (a training data folder) adds the mean-image baseline computed on it.
+    `model` may be several model files (methods compared in one table, with the paired tests); each is named
+    by the method it was trained with, or `method` for a single model. `mean_image_from` (a training data
+    folder) adds the mean-image baseline computed on it.
     """
     out = Path(out)
     if (out / "metrics.csv").exists() and not overwrite:
         raise InputError("the output folder already has results (use --overwrite)", out)
-    loaded = load_model_file(model)
-    config = loaded.preprocess
+    paths = [Path(model)] if isinstance(model, (str, Path)) else [Path(m) for m in model]
+    models = [load_model_file(p) for p in paths]
+    names = [method] if method is not None and len(models) == 1 else method_names(paths, models)
+    config = models[0].preprocess
+    for path, other in zip(paths[1:], models[1:]):
+        if other.preprocess != config or other.modalities != models[0].modalities:
+            raise InputError("models compared in one table need the same modalities and preprocessing as "
+                             f"{paths[0]}", path)
+    loaded = models[0]
     mean = None
     if mean_image_from is not None:
         mean = mean_images((load_prepared(f, config) for f in discover_subjects(mean_image_from)), loaded.modalities)
     rows = []
     for files in discover_subjects(data):
-        prepared = prepared_for_evaluation(files, loaded)
-        subject_rows, _ = evaluate_subject(loaded, prepared, method, temperature=temperature, with_lpips=with_lpips)
-        rows += subject_rows
+        for name, each in zip(names, models):
+            prepared = prepared_for_evaluation(files, each)
+            subject_rows, _ = evaluate_subject(each, prepared, name, temperature=temperature, with_lpips=with_lpips)
+            rows += subject_rows
         if mean is not None:
             rows += evaluate_mean_image(mean, prepared, loaded.modalities)
-        print(f"{files.name}: {len(subject_rows)} slice scores")
+        print(f"{files.name}: {len(subject_rows)} slice scores per model")
     if not rows:
         raise InputError("no subject had a modality of the model", data)
     write_csv(out / "metrics.csv", rows)
-    names = ("psnr", "ssim", "lpips") if with_lpips else ("psnr", "ssim")
-    text = markdown_table(rows, list(loaded.modalities), names) + "\n"
+    metric_names = ("psnr", "ssim", "lpips") if with_lpips else ("psnr", "ssim")
+    text = markdown_table(rows, list(loaded.modalities), metric_names) + "\n"
     if mean is not None:
-        text += "\n## Subject-averaged scores and margin over the mean-image floor\n\n" + floor_comparison(rows) + "\n"
+        for name in names:
+            text += (f"\n## {name}: subject-averaged scores and margin over the mean-image floor\n\n"
+                     + floor_comparison(rows, name) + "\n")
     write_text_atomic(out / "table.md", text)
     print(f"wrote {out / 'metrics.csv'} and {out / 'table.md'}")
     return rows
