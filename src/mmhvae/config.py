@@ -57,6 +57,9 @@ class TrainConfig:
     val_fraction: float = 0.1  # of subjects, stratified, held out of training for validation
     max_nonfinite_in_a_row: int = 20
     seed: int = 0
+    # Finest levels whose activations are recomputed in the backward pass (activation checkpointing): memory
+    # for about one more forward pass; 0 = off.
+    activation_checkpointing: int = 0
     precision: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU
     num_workers: int = 0
     # What is trained (`mmhvae train --method`): mmhvae, or a baseline of Section 4.3-4.4 (model/registry.py).

@@ -75,6 +75,8 @@ class MMHVAEModule(pl.LightningModule):
         cfg, train = self.run_config.model, self.run_config.train
         self.modalities = ModalitySet(tuple(cfg.modalities))
         self.model = build_network(cfg.to_dict())  # MMHVAE, or MM-GAN for MMGANModule
+        if train.activation_checkpointing and hasattr(self.model, "recompute_levels"):
+            self.model.recompute_levels(train.activation_checkpointing)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.critics = critics.ModalityCritics(self.modalities.keys)
         self.memory = critics.RealImageMemory(self.modalities.keys, train.memory_size)

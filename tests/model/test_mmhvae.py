@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -303,3 +305,42 @@ def test_joint_encoder_empty_subset_samples_from_the_prior_and_needs_poe(joint_m
         joint_model.decode(MMHVAE(MMHVAEConfig.tiny()).encode(random_images(), all_present()), all_present())
     config = MMHVAEConfig.tiny(encoder="joint")
     assert MMHVAEConfig.from_dict(config.to_dict()) == config
+
+
+def test_activation_checkpointing_gives_the_same_outputs_and_gradients() -> None:
+    torch.manual_seed(0)
+    plain = MMHVAE(MMHVAEConfig.tiny(image_size=32, num_pool=3, latent_channels=(2, 4, 4)))
+    recomputed = copy.deepcopy(plain).recompute_levels(2)
+    images = torch.randn(3, 4, 32, 32)
+    present = torch.tensor([[1, 1, 0, 1], [1, 0, 0, 0], [0, 1, 1, 1]], dtype=torch.bool)
+    results = []
+    for model in (plain, recomputed):
+        out = model(images, present, sample=False)
+        loss = out.images.square().mean() + out.kl_total.mean()
+        loss.backward()
+        results.append((out.images.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                              if p.grad is not None}))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    assert results[0][1].keys() == results[1][1].keys()
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_activation_checkpointing_keeps_fewer_activations() -> None:
+    torch.manual_seed(0)
+    plain = MMHVAE(MMHVAEConfig.tiny(image_size=32, num_pool=3, latent_channels=(2, 4, 4)))
+    recomputed = copy.deepcopy(plain).recompute_levels(2)
+    images, present = torch.randn(2, 4, 32, 32), torch.ones(2, 4, dtype=torch.bool)
+
+    def saved_elements(model) -> int:
+        count = [0]
+
+        def pack(tensor):
+            count[0] += tensor.numel()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(images, present, sample=False).images.sum()
+        return count[0]
+
+    assert saved_elements(recomputed) < 0.6 * saved_elements(plain)

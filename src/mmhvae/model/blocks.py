@@ -8,7 +8,9 @@ stacked freely; resolution changes are done by `Downsample` / `Upsample`.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 NORMS = ("instance", "instance_affine", "group", "none")
 
@@ -139,3 +141,11 @@ class Upsample(nn.Sequential):
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
             conv3x3(in_channels, out_channels),
         )
+
+
+def run_block(block: nn.Module, x: Tensor, recompute: bool) -> Tensor:
+    """`block(x)`, or with activation checkpointing when `recompute` and gradients are on: only `x` is kept
+    and the block's activations are recomputed in the backward pass (less memory, about one more forward)."""
+    if recompute and torch.is_grad_enabled():
+        return checkpoint(block, x, use_reentrant=False)
+    return block(x)

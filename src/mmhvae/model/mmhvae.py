@@ -40,6 +40,7 @@ from mmhvae.model.blocks import (
     conv1x1,
     conv3x3,
     make_norm,
+    run_block,
 )
 from mmhvae.model.distributions import (
     Gaussian,
@@ -290,13 +291,14 @@ class ModalityEncoder(nn.Module):
         self.cells = nn.ModuleList(EncoderCell(c(s), config.norm) for s in range(config.num_pool))
         self.downs = nn.ModuleList(Downsample(c(s), c(s + 1)) for s in range(config.num_pool))
         self.bottom = EncoderCell(c(config.num_pool), config.norm)
+        self.recomputed_levels = 0  # activation checkpointing of the finest levels (MMHVAE.recompute_levels)
 
     def forward(self, image: Tensor) -> tuple[list[Tensor], Tensor]:
         """image [N, in_channels, H, W] -> (skips per level, flattened coarsest map [N, D])."""
         x = self.stem(image)
         skips = []
-        for cell, down in zip(self.cells, self.downs):
-            x = cell(x)
+        for s, (cell, down) in enumerate(zip(self.cells, self.downs)):
+            x = run_block(cell, x, s < self.recomputed_levels)
             skips.append(x)
             x = down(x)
         return skips, self.bottom(x).flatten(1)
@@ -375,6 +377,15 @@ class MMHVAE(nn.Module):
         self.decoders = nn.ModuleList(
             image_decoder(decoder_in, width, config.decoder_blocks, config.norm) for _ in config.modalities
         )
+        self.recomputed_levels = 0
+
+    def recompute_levels(self, levels: int) -> MMHVAE:
+        """Activation checkpointing of the `levels` finest levels (encoder cells, top-down cells and, from one
+        level on, the image decoders) while training: the same outputs and gradients for less memory."""
+        self.recomputed_levels = int(levels)
+        for encoder in self.encoders:
+            encoder.recomputed_levels = int(levels)
+        return self
 
     # ----- construction helpers -----------------------------------------------------------------
 
@@ -497,7 +508,7 @@ class MMHVAE(nn.Module):
         z1_mean = None
         decoder_input = h
         for s in reversed(range(cfg.num_pool)):
-            state = self.cells[s](self.upsample[s](h))
+            state = run_block(self.cells[s], self.upsample[s](h), s < self.recomputed_levels)
             if s not in self.stochastic_levels:
                 h = decoder_input = state
                 continue
@@ -512,7 +523,8 @@ class MMHVAE(nn.Module):
             else:
                 h = self.z_to_state[str(s)](z)
 
-        images = torch.cat([decoder(decoder_input) for decoder in self.decoders], dim=1)
+        images = torch.cat([run_block(decoder, decoder_input, self.recomputed_levels > 0)
+                            for decoder in self.decoders], dim=1)
         kls.reverse()  # finest group first, as in the paper's numbering
         return MMHVAEOutput(images=images, kl=kls, kl_groups=cfg.stochastic_groups, z1_mean=z1_mean)
 
