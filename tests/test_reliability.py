@@ -125,7 +125,13 @@ def test_a_writer_killed_at_random_moments_never_leaves_a_partial_file(tmp_path)
     # The next write removes the hidden temporaries the killed writers left (and only those).
     from mmhvae.files import write_text_atomic
 
-    assert list(tmp_path.glob(".*")), "no kill landed mid-write: the clean-up below would test nothing"
+    # A writer killed inside its write, for certain (the random kills above may all land between writes, and
+    # each new writer already cleans its predecessors' leftovers).
+    killed_mid_write = ("import os, signal, sys\nfrom mmhvae.files import atomic_path\n"
+                        "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_text('half')\n"
+                        "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    subprocess.run([sys.executable, "-c", killed_mid_write, str(tmp_path / "out.txt")])
+    assert list(tmp_path.glob(".out.txt.*")), "the killed writer left no temporary: nothing to clean up"
     live = tmp_path / f".out.txt.{socket.gethostname().replace('.', '_')}-{os.getpid()}.abcd1234.tmp.txt"
     live.write_text("a live writer's temporary")
     write_text_atomic(tmp_path / "out.txt", "final")
