@@ -31,7 +31,6 @@ Latent sizes at the paper setting (base 16, max 128, 6 poolings, 192x192): z_7 a
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -43,13 +42,13 @@ from torch.nn.utils.parametrizations import weight_norm
 from mmhvae.modalities import require_key
 from mmhvae.model.blocks import conv1x1, conv3x3, make_norm
 from mmhvae.model.distributions import Gaussian, inverse_std_fusion, kl_divergence, kl_single_sample, soft_clamp
-from mmhvae.model.mmhvae import EncodedModalities, MMHVAEOutput
+from mmhvae.model.mmhvae import EncodedModalities, MMHVAEOutput, PlainDictConfig
 
 VARIANT = "authors"
 
 
 @dataclass
-class AuthorsConfig:
+class AuthorsConfig(PlainDictConfig):
     """Hyper-parameters of the authors' `MHVAE2D`; defaults are their released model (paper setting).
 
     `modalities` are our keys (what predict and the model file use); `checkpoint_keys` are theirs, in
@@ -123,19 +122,6 @@ class AuthorsConfig:
         return tuple(range(1, self.num_pool + 2))
 
     # ----- serialisation ------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict with the `variant: authors` marker, safe for torch.load(weights_only=True)."""
-        out = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> AuthorsConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"AuthorsConfig: unknown field(s) {unknown}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     @classmethod
     def from_authors_arguments(cls, arguments: Mapping[str, Any]) -> AuthorsConfig:

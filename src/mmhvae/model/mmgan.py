@@ -16,7 +16,6 @@ sampling and the latent generator are accepted and ignored.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,13 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmhvae.model.mmhvae import EncodedImages, MMHVAEConfig, MMHVAEOutput
+from mmhvae.model.mmhvae import EncodedImages, MMHVAEConfig, MMHVAEOutput, PlainDictConfig
 
 VARIANT = "mmgan"
 
 
 @dataclass
-class MMGANConfig:
+class MMGANConfig(PlainDictConfig):
     """Architecture of the MM-GAN generator (a MONAI U-Net). Round-trips through a plain dict whose
     `variant` is "mmgan" (how a model file or a run's config.yaml tells it from MMHVAE)."""
 
@@ -71,19 +70,6 @@ class MMGANConfig:
         settings: dict[str, Any] = dict(modalities=config.modalities, image_size=config.image_size, channels=widths)
         settings.update(overrides)
         return cls(**settings)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (str, int, float, list only) with `variant: mmgan`, safe for torch.load(weights_only=True)."""
-        out = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> MMGANConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"MMGANConfig: unknown field(s) {unknown}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 class MMGAN(nn.Module):

@@ -57,8 +57,25 @@ KL_MODES = ("analytic", "sample")
 ENCODER_MODES = ("per_modality", "joint")
 
 
+class PlainDictConfig:
+    """Serialisation shared by the network configurations (dataclasses): a plain dict of str, int, float,
+    list and None, safe for torch.load(weights_only=True), and back, refusing unknown fields."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
 @dataclass
-class MMHVAEConfig:
+class MMHVAEConfig(PlainDictConfig):
     """Architecture of an MMHVAE network. Round-trips through a plain dict (`to_dict`/`from_dict`).
 
     Options marked "paper" are the defaults; the alternatives reproduce the authors' code or the
@@ -199,19 +216,6 @@ class MMHVAEConfig:
         settings.update(overrides)
         return cls(**settings)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (str, int, float, list, None only), safe for torch.load(weights_only=True)."""
-        out = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> MMHVAEConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"MMHVAEConfig: unknown field(s) {unknown}")
-        converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**converted)
 
 
 @dataclass
