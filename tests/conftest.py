@@ -50,6 +50,22 @@ def huge_header_file(path, shape=(20000, 20000, 400)):
     return path
 
 
+def odd_oblique_subject(folder: Path, modalities=("us", "t2", "flair"), shape=(37, 29, 5)) -> Path:
+    """An odd in-plane grid on an oblique header (sform code 4, qform code 1), foreground in slices 1-3."""
+    rng = np.random.default_rng(0)
+    affine = oblique_affine(zooms=(1.1, 0.9, 2.3), angle_deg=23.0)
+    for key in modalities:
+        image = np.zeros(shape, np.float32)
+        image[5:30, 4:shape[1] - 4, 1:4] = 50 + 20 * rng.random((25, shape[1] - 8, 3))
+        nifti = nib.Nifti1Image(image, affine)
+        nifti.header.set_qform(affine, code=1)
+        nifti.header.set_sform(affine, code=4)
+        nifti.header.set_xyzt_units("mm", "sec")
+        folder.mkdir(parents=True, exist_ok=True)
+        nib.save(nifti, str(folder / f"{key}.nii.gz"))
+    return folder
+
+
 def brain_like(shape=(20, 18, 6), seed=0) -> np.ndarray:
     """Background 0 with a textured positive blob, so foreground and percentiles are meaningful."""
     rng = np.random.default_rng(seed)

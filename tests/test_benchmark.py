@@ -5,23 +5,12 @@ from __future__ import annotations
 import math
 
 from mmhvae.benchmark import benchmark, markdown
-
-SMALL = """
-base: tiny
-model:
-  image_size: 32
-  num_pool: 3
-  latent_channels: [2, 4, 4]
-  global_latent: 8
-  base_features: 4
-  max_features: 8
-  decoder_blocks: 1
-"""
+from test_train import SMALL_CONFIG
 
 
 def test_benchmark_reports_every_figure_for_each_method(tmp_path):
     config = tmp_path / "small.yaml"
-    config.write_text(SMALL)
+    config.write_text(SMALL_CONFIG)
     report = benchmark([str(config)], ["mmhvae", "mopoe", "mmgan"], repeats=1, depth=3, train_batches=(2,),
                        phantom_subjects=0)
     assert [r["method"] for r in report["results"]] == ["mmhvae", "mopoe", "mmgan"]

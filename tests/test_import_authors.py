@@ -18,7 +18,7 @@ from mmhvae.model.authors import AuthorsConfig, AuthorsMMHVAE
 from mmhvae.model_file import load_model_file
 from mmhvae.predict import predict
 
-from conftest import oblique_affine
+from conftest import odd_oblique_subject
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "authors-parity"
 
@@ -105,25 +105,9 @@ def test_their_input_normalisation():
     assert 0 < np.abs(out - ours).max() <= 1 / 256 + 1e-6
 
 
-def odd_subject(folder: Path, modalities=("us", "t2", "flair")) -> Path:
-    """An odd in-plane grid (one side smaller, one larger than the model's 48) with an oblique header."""
-    rng = np.random.default_rng(0)
-    affine = oblique_affine(zooms=(1.1, 0.9, 2.3), angle_deg=23.0)
-    for key in modalities:
-        image = np.zeros((37, 53, 5), np.float32)
-        image[5:30, 4:49, 1:4] = 50 + 20 * rng.random((25, 45, 3))
-        nifti = nib.Nifti1Image(image, affine)
-        nifti.header.set_qform(affine, code=1)
-        nifti.header.set_sform(affine, code=4)
-        nifti.header.set_xyzt_units("mm", "sec")
-        folder.mkdir(parents=True, exist_ok=True)
-        nib.save(nifti, str(folder / f"{key}.nii.gz"))
-    return folder
-
-
 def test_predict_with_an_imported_small_model_keeps_grid_and_header(small_config, tmp_path, capsys):
     model = import_authors(FIXTURE / "small_state_dict.pt", tmp_path / "small.pt", config=small_config)
-    subject = odd_subject(tmp_path / "in" / "case3")
+    subject = odd_oblique_subject(tmp_path / "in" / "case3", shape=(37, 53, 5))
     written = predict(model, subject, tmp_path / "out")
     assert "temperature 0.7" in capsys.readouterr().out
     assert sorted(p.name for p in written) == sorted(f"{k}.nii.gz" for k in small_config.modalities)

@@ -14,7 +14,7 @@ from mmhvae.model.mmhvae import MMHVAE, MMHVAEConfig
 from mmhvae.model_file import load_model_file, save_model_file
 from mmhvae.predict import predict, prepare_for_model, synthesise
 
-from conftest import oblique_affine, phantom_subject
+from conftest import odd_oblique_subject, phantom_subject
 
 SMALL = MMHVAEConfig(image_size=32, num_pool=3, latent_channels=(2, 4, 4), global_latent=8, base_features=4,
                      max_features=8, decoder_blocks=1)
@@ -26,22 +26,6 @@ def model_file(tmp_path_factory):
     model = MMHVAE.from_config(SMALL).eval()
     path = tmp_path_factory.mktemp("model") / "model.pt"
     return save_model_file(path, model, PreprocessConfig(modalities=SMALL.modalities, image_size=32))
-
-
-def odd_oblique_subject(folder, modalities=("us", "t2", "flair")):
-    """An odd in-plane size (not the model's 32) on an oblique grid with sform code 4, qform code 1."""
-    rng = np.random.default_rng(0)
-    affine = oblique_affine(zooms=(1.1, 0.9, 2.3), angle_deg=23.0)
-    for key in modalities:
-        image = np.zeros((37, 29, 5), np.float32)
-        image[5:30, 4:25, 1:4] = 50 + 20 * rng.random((25, 21, 3))
-        nifti = nib.Nifti1Image(image, affine)
-        nifti.header.set_qform(affine, code=1)
-        nifti.header.set_sform(affine, code=4)
-        nifti.header.set_xyzt_units("mm", "sec")
-        folder.mkdir(parents=True, exist_ok=True)
-        nib.save(nifti, str(folder / f"{key}.nii.gz"))
-    return folder
 
 
 def test_outputs_keep_the_header_and_grid_of_an_odd_oblique_input(model_file, tmp_path):
