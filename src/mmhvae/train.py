@@ -131,16 +131,23 @@ class MMHVAEModule(pl.LightningModule):
         draws = self.subset_sampler.sample(observed, self.rng, size=self.run_config.train.passes)
         return torch.tensor([self.modalities.indicator(d) for d in draws], dtype=torch.bool, device=present.device)
 
+    def decode_passes(self, batch: dict[str, Tensor], subsets: Tensor, **decode_options: Any) -> tuple[Any, Tensor]:
+        """Encode each present modality once and decode it for each of the T subsets (Algorithm 1, lines 11-13).
+
+        Returns the network output for the T x B rows (pass-major) and the batch sample of each row.
+        """
+        inputs, present = batch["inputs"], batch["present"].bool()
+        passes, size = subsets.shape[0], inputs.shape[0]
+        features = self.model.encode(inputs, present)
+        rows = torch.arange(size, device=inputs.device).repeat(passes)
+        return self.model.decode(features.index(rows), subsets.repeat_interleave(size, dim=0), **decode_options), rows
+
     def generator_losses(self, batch: dict[str, Tensor], subsets: Tensor) -> dict[str, Tensor]:
         """Eq. 19 averaged over the batch and the T draws, plus the GAN term of Eq. 16."""
         train = self.run_config.train
         inputs, targets, present = batch["inputs"], batch["targets"], batch["present"].bool()
-        passes, size = subsets.shape[0], inputs.shape[0]
-        features = self.model.encode(inputs, present)
-        rows = torch.arange(size, device=inputs.device).repeat(passes)
-        subset = subsets.repeat_interleave(size, dim=0)
-        output = self.model.decode(features.index(rows), subset, temperature=1.0,
-                                   generator=self.latent_generator(inputs.device))
+        output, rows = self.decode_passes(batch, subsets, temperature=1.0,
+                                          generator=self.latent_generator(inputs.device))
         observed = present[rows]
         errors = image_error(output.images, targets[rows], train.image_loss)
         image = (errors * observed).sum(dim=1).mean()  # sum over modalities observed in r (Eq. 9)
@@ -325,11 +332,8 @@ class MMGANModule(MMHVAEModule):
     def generator_losses(self, batch: dict[str, Tensor], subsets: Tensor) -> dict[str, Tensor]:
         """MM-GAN's generator loss, (1 - w) L1 + w LSGAN, averaged over the batch and the T input subsets."""
         train = self.run_config.train
-        inputs, targets, present = batch["inputs"], batch["targets"], batch["present"].bool()
-        passes, size = subsets.shape[0], inputs.shape[0]
-        features = self.model.encode(inputs, present)
-        rows = torch.arange(size, device=inputs.device).repeat(passes)
-        output = self.model.decode(features.index(rows), subsets.repeat_interleave(size, dim=0))
+        targets, present = batch["targets"], batch["present"].bool()
+        output, rows = self.decode_passes(batch, subsets)
         observed = present[rows]
         errors = image_error(output.images, targets[rows], train.image_loss)
         # Mean over every observed (slice, modality), as MM-GAN's L1Loss over the synthesised channels.
