@@ -126,3 +126,24 @@ def small_cohort(root, patterns=MIXED_PATTERNS):
     for i, mods in enumerate(patterns):
         phantom_subject(root / f"sub{i:02d}", mods, seed=i, with_targets=(i == 0))
     return root
+
+
+# A run configuration small enough for a few CPU training steps in a test (32x32, 4 latent groups).
+SMALL_CONFIG = """
+base: tiny
+model:
+  image_size: 32
+  num_pool: 3
+  latent_channels: [2, 4, 4]
+  global_latent: 8
+  base_features: 4
+  max_features: 8
+  decoder_blocks: 1
+train:
+  batch_size: 4
+  checkpoint_every: 2
+  log_every: 1
+  validate_every: 2
+  gan_start: 0.5
+  max_steps: 4
+"""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 from mmhvae.benchmark import benchmark, markdown
-from test_train import SMALL_CONFIG
+
+from conftest import SMALL_CONFIG
 
 
 def test_benchmark_reports_every_figure_for_each_method(tmp_path):

@@ -11,26 +11,7 @@ from mmhvae.errors import InputError
 from mmhvae.model_file import load_model_file
 from mmhvae.train import MMHVAEModule, gan_weight, kl_weight, train
 
-from conftest import small_cohort
-
-SMALL_CONFIG = """
-base: tiny
-model:
-  image_size: 32
-  num_pool: 3
-  latent_channels: [2, 4, 4]
-  global_latent: 8
-  base_features: 4
-  max_features: 8
-  decoder_blocks: 1
-train:
-  batch_size: 4
-  checkpoint_every: 2
-  log_every: 1
-  validate_every: 2
-  gan_start: 0.5
-  max_steps: 4
-"""
+from conftest import SMALL_CONFIG, small_cohort
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from mmhvae.modalities import PAPER_MODALITIES, ModalitySet, subset_label
 
 # Verbs whose issue has not landed yet: they say so and exit 2 (usage error), never pretend.
 PLANNED_VERBS: dict[str, str] = {
-    "ablate": "the ablation study (evaluation issue)",
     "register": "MR-ultrasound registration (downstream issue)",
     "segment": "ultrasound tumour segmentation (downstream issue)",
     "analyse": "latent and temperature analyses (downstream issue)",
@@ -89,10 +88,42 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    if args.folds is not None:
+        from mmhvae.study import crossvalidate
+
+        if args.model:
+            raise InputError("--folds trains its own models: give --methods (and --config), not --model")
+        if args.folds < 2:
+            raise InputError(f"--folds must be at least 2, got {args.folds}")
+        if (args.out / "metrics.csv").exists() and not args.overwrite:
+            raise InputError("the output folder already has results (use --overwrite)", args.out)
+        crossvalidate(args.data, args.out, args.config, args.methods.split(","), args.folds, args.max_steps,
+                      args.temperature, with_lpips=not args.no_lpips)
+        return 0
     from mmhvae.evaluate import evaluate
 
+    if not args.model:
+        raise InputError("give --model (model files to evaluate) or --folds K (train and evaluate K folds)")
     evaluate(args.model, args.data, args.out, temperature=args.temperature, with_lpips=not args.no_lpips,
              overwrite=args.overwrite, mean_image_from=args.mean_image_from)
+    return 0
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from mmhvae.study import ablate
+
+    ablate(args.data, args.out, args.config, args.max_steps, test_data=args.test_data, folds=args.folds,
+           fold=args.fold, temperature=args.temperature, with_lpips=not args.no_lpips)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from mmhvae.study import PhantomBenchmark, phantom_benchmark
+
+    settings = PhantomBenchmark(config=args.config, steps=args.steps, train_subjects=args.train_subjects,
+                                train_seed=args.train_seed, test_subjects=args.test_subjects,
+                                test_seed=args.test_seed, with_lpips=not args.no_lpips)
+    phantom_benchmark(args.work, args.out, settings)
     return 0
 
 
@@ -108,7 +139,10 @@ def run_import_authors(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     from mmhvae.info import describe
 
-    print(describe(config=args.config, model=args.model, latency=args.latency))
+    methods = args.methods.split(",") if args.methods else ()
+    if args.model and methods:
+        raise InputError("--methods describes networks of a --config; a model file already has its method")
+    print(describe(config=args.config, model=args.model, latency=args.latency, methods=methods))
     return 0
 
 
@@ -215,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=run_predict)
 
     evaluate = verbs.add_parser("evaluate", help="PSNR/SSIM/LPIPS for every input subset and target")
-    evaluate.add_argument("--model", required=True, type=Path, nargs="+",
+    evaluate.add_argument("--model", type=Path, nargs="+",
                           help="model file(s) or run folder(s); several are compared in one table")
     evaluate.add_argument("--data", required=True, type=Path, help="test subjects (with targets or tissue maps)")
     evaluate.add_argument("--out", required=True, type=Path, help="writes metrics.csv and table.md")
@@ -224,7 +258,40 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--overwrite", action="store_true", help="replace existing results")
     evaluate.add_argument("--mean-image-from", type=Path, default=None,
                           help="training data folder: add the mean-image baseline computed on it")
+    evaluate.add_argument("--folds", type=int, default=None,
+                          help="instead of --model: K-fold cross-validation on --data, training every --methods "
+                               "on each fold (stratified by missingness pattern) and pooling the test folds")
+    evaluate.add_argument("--methods", default="mmhvae,mopoe,average,concat-zeros,mmgan",
+                          help="with --folds: comma-separated methods to train and compare")
+    evaluate.add_argument("--config", default="tiny", help="with --folds: tiny, paper or a YAML file")
+    evaluate.add_argument("--max-steps", type=int, default=None, help="with --folds: training steps per model")
     evaluate.set_defaults(func=run_evaluate)
+
+    ablate = verbs.add_parser("ablate", help="Table II: latent groups, fusion and GAN ablations on one fold")
+    ablate.add_argument("--data", required=True, type=Path, help="training data folder")
+    ablate.add_argument("--out", required=True, type=Path, help="writes runs/, ablation.md and ablation.csv")
+    ablate.add_argument("--config", default="tiny", help="tiny, paper or a YAML file")
+    ablate.add_argument("--max-steps", type=int, default=None, help="training steps of every variant (equal budgets)")
+    ablate.add_argument("--test-data", type=Path, default=None,
+                        help="held-out test folder (then all of --data trains); default: one fold of --data")
+    ablate.add_argument("--folds", type=int, default=3, help="folds of --data when no --test-data (default 3)")
+    ablate.add_argument("--fold", type=int, default=0, help="the test fold (default 0)")
+    ablate.add_argument("--temperature", type=float, default=0.5)
+    ablate.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    ablate.set_defaults(func=run_ablate)
+
+    report = verbs.add_parser("report", help="generate a results page (reports/), e.g. the phantom benchmark")
+    report.add_argument("page", choices=["phantom-benchmark"], help="which page")
+    report.add_argument("--work", required=True, type=Path, help="folder for cohorts, runs and scores (reused)")
+    report.add_argument("--out", type=Path, default=Path("reports/phantom-benchmark.md"), help="the page to write")
+    report.add_argument("--config", default="tiny", help="network and training preset or YAML file")
+    report.add_argument("--steps", type=int, default=300, help="training steps of every model (equal budgets)")
+    report.add_argument("--train-subjects", type=int, default=48)
+    report.add_argument("--train-seed", type=int, default=0)
+    report.add_argument("--test-subjects", type=int, default=8)
+    report.add_argument("--test-seed", type=int, default=5000)
+    report.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    report.set_defaults(func=run_report)
 
     authors = verbs.add_parser("import-authors", help="convert the authors' released checkpoint into a model file")
     authors.add_argument("checkpoint", type=Path, help="their state_dict, e.g. CP_main_1000.pth (ReubenDo/MMHVAE)")
@@ -235,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = verbs.add_parser("info", help="modalities, parameter count and MACs per slice")
     source = info.add_mutually_exclusive_group()
     source.add_argument("--config", default=None, help="tiny, paper or a YAML file")
-    source.add_argument("--model", default=None, type=Path, help="a model file or run folder")
+    source.add_argument("--model", default=None, type=Path, nargs="+", help="model file(s) or run folder(s)")
+    info.add_argument("--methods", default=None,
+                      help="with --config: these methods' networks, e.g. mmhvae,mopoe,average,concat-zeros,mmgan")
     info.add_argument("--latency", action="store_true", help="also time one forward pass per slice")
     info.set_defaults(func=run_info)
 

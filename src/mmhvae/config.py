@@ -55,6 +55,10 @@ class TrainConfig:
     log_every: int = 10
     validate_every: int = 500
     val_fraction: float = 0.1  # of subjects, stratified, held out of training for validation
+    # Cross-validation (Section 4.4.1): with `folds` set, the subjects of fold `test_fold` (stratified by
+    # missingness pattern, `seed`) are left out of training and validation, for `mmhvae evaluate --folds`.
+    folds: int | None = None
+    test_fold: int = 0
     max_nonfinite_in_a_row: int = 20
     seed: int = 0
     # Finest levels whose activations are recomputed in the backward pass (activation checkpointing): memory

@@ -9,6 +9,7 @@ network's scale (data range 2, see `mmhvae.metrics`), inside the field of view.
 from __future__ import annotations
 
 import csv
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -62,10 +63,13 @@ def mean_images(subjects: Iterable[PreparedSubject], modalities: Sequence[str]) 
         for j in np.flatnonzero(subject.present):
             sums[j] += subject.targets[j][..., subject.slices].sum(axis=-1)
             counts[j] += len(subject.slices)
-    if sums is None or not counts.all():
-        missing = [m for m, c in zip(modalities, counts) if not c]
-        raise InputError(f"the mean-image baseline needs training images of every modality; none of {missing}")
-    return (sums / counts[:, None, None]).astype(np.float32)
+    if sums is None:
+        raise InputError("the mean-image baseline needs training subjects; there are none")
+    missing = [m for m, c in zip(modalities, counts) if not c]
+    if missing:
+        warnings.warn(f"no training images of {missing}: the mean-image baseline skips these targets", stacklevel=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sums / counts[:, None, None]).astype(np.float32)  # NaN for a modality never observed
 
 
 def evaluate_mean_image(mean: np.ndarray, prepared: PreparedSubject, modalities: Sequence[str]) -> list[dict]:
@@ -75,6 +79,8 @@ def evaluate_mean_image(mean: np.ndarray, prepared: PreparedSubject, modalities:
     prediction = np.repeat(mean[..., None], prepared.inputs.shape[-1], axis=-1)
     for key in present:
         j = list(modalities).index(key)
+        if np.isnan(mean[j]).all():  # never observed in training: no floor for this target
+            continue
         for subset in non_empty_subsets(present):
             task = "harmonisation" if key in subset else "synthesis"
             for r in score(prediction[j], prepared.targets[j], prepared.fov, False):
@@ -131,22 +137,25 @@ HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
 SIGNIFICANCE_LEVEL = 0.01
 
 
-def significantly_best(rows: list[dict], metric: str, alpha: float = SIGNIFICANCE_LEVEL) -> set[tuple[str, str, str]]:
-    """(method, inputs, target) cells whose method beats every other method on that cell.
+def significantly_best(rows: list[dict], metric: str, alpha: float = SIGNIFICANCE_LEVEL,
+                       cell: Sequence[str] = ("inputs", "target"),
+                       unit: Sequence[str] = ("subject", "slice")) -> set[tuple]:
+    """(method, *cell) entries whose method beats every other method on that cell of the table.
 
-    As in the paper: paired two-sided Wilcoxon signed-rank tests over the same (subject, slice) pairs, one
-    per competing method, Bonferroni-corrected for the number of competitors, p < alpha; and a better mean.
+    As in the paper: paired two-sided Wilcoxon signed-rank tests over the same units (by default the
+    (subject, slice) pairs of one input combination and target), one per competing method,
+    Bonferroni-corrected for the number of competitors, p < alpha; and a better mean.
     """
     from scipy.stats import wilcoxon
 
-    values: dict[tuple[str, str], dict[str, dict[tuple, float]]] = defaultdict(lambda: defaultdict(dict))
+    values: dict[tuple, dict[str, dict[tuple, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         value = float(r[metric])
         if np.isfinite(value):
-            values[(r["inputs"], r["target"])][r["method"]][(r["subject"], int(r["slice"]))] = value
+            values[tuple(r[k] for k in cell)][r["method"]][tuple(str(r[k]) for k in unit)] = value
     best = set()
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-    for (inputs, target), by_method in values.items():
+    for key, by_method in values.items():
         methods = list(by_method)
         if len(methods) < 2:
             continue
@@ -164,8 +173,59 @@ def significantly_best(rows: list[dict], metric: str, alpha: float = SIGNIFICANC
                     break
                 wins += 1
             if wins == len(methods) - 1:
-                best.add((method, inputs, target))
+                best.add((method, *key))
     return best
+
+
+def format_cell(entry: dict | None, name: str, bold: bool) -> str:
+    """'mean (sd)' of one metric, bold when significantly best; empty when the cell has no scores."""
+    if entry is None:
+        return ""
+    mean, sd = entry[name]
+    digits = 2 if name == "psnr" else 3
+    cell = f"{mean:.{digits}f} ({sd:.{digits}f})"
+    return f"**{cell}**" if bold else cell
+
+
+def method_summary(rows: list[dict], metric_names: Sequence[str] = ("psnr", "ssim", "lpips")) -> str:
+    """Markdown: per method, mean (sd) of each metric over every (subject, slice, inputs, target) of each task.
+
+    Bold: significantly better than every other method on that task (paired over the same scores)."""
+    summary = summarise(rows, ("method", "task"))
+    unit = ("subject", "slice", "inputs", "target")
+    bold = {m: significantly_best(rows, m, cell=("task",), unit=unit) for m in metric_names}
+    tasks = [t for t in ("synthesis", "harmonisation") if any(r["task"] == t for r in rows)]
+    header = ["method"] + [f"{t} {m.upper()}" for t in tasks for m in metric_names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = [method] + [format_cell(summary.get((method, t)), m, (method, t) in bold[m])
+                            for t in tasks for m in metric_names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ablation_table(rows: list[dict], groups: Sequence[tuple[str, Sequence[tuple[str, str]]]],
+                   modalities: Sequence[str], metric_names: Sequence[str] = ("psnr", "ssim", "lpips")) -> str:
+    """Table II layout: one section per ablation group (title, [(row label, method name)]), columns target x
+    metric averaged over every input combination (harmonisation and synthesis). A method may appear in
+    several sections (the full model is the reference of each).
+
+    Bold: significantly better than every other setting of its group (paired over subject, slice, inputs)."""
+    targets = [m for m in modalities if any(r["target"] == m for r in rows)]
+    header = ["setting"] + [f"{t} {m.upper()}" for t in targets for m in metric_names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for title, members in groups:
+        names = [name for _, name in members]
+        chosen = [r for r in rows if r["method"] in names]
+        summary = summarise(chosen, ("method", "target"))
+        bold = {m: significantly_best(chosen, m, cell=("target",), unit=("subject", "slice", "inputs"))
+                for m in metric_names}
+        lines.append(f"| *{title}* |" + " |" * len(targets) * len(metric_names))
+        for label, method in members:
+            cells = [label] + [format_cell(summary.get((method, t)), m, (method, t) in bold[m])
+                                for t in targets for m in metric_names]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(rows: list[dict], modalities: Sequence[str], metric_names=("psnr", "ssim")) -> str:
@@ -186,15 +246,8 @@ def markdown_table(rows: list[dict], modalities: Sequence[str], metric_names=("p
             for target in targets:
                 entry = summary.get((method, inputs, target))
                 for name in metric_names:
-                    if entry is None:
-                        cells.append("")
-                        continue
-                    mean, sd = entry[name]
-                    digits = 2 if name == "psnr" else 3
-                    cell = f"{mean:.{digits}f} ({sd:.{digits}f})"
-                    if (method, inputs, target) in bold[name]:
-                        cell = f"**{cell}**"
-                    cells.append(f"*{cell}*" if target in inputs.split("+") else cell)
+                    cell = format_cell(entry, name, (method, inputs, target) in bold[name])
+                    cells.append(f"*{cell}*" if cell and target in inputs.split("+") else cell)
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Italic: harmonisation (the target is among the inputs); plain: synthesis. "
@@ -231,6 +284,56 @@ def method_names(paths: Sequence[Path], loaded: Sequence[LoadedModel]) -> list[s
     return [f"{name} ({Path(path).stem})" if names.count(name) > 1 else name for name, path in zip(names, paths)]
 
 
+def load_models(paths: Sequence[str | Path]) -> list[LoadedModel]:
+    """Model files to compare in one table: the same modalities and preprocessing, or an input error."""
+    models = [load_model_file(p) for p in paths]
+    for path, other in zip(paths[1:], models[1:]):
+        if other.preprocess != models[0].preprocess or other.modalities != models[0].modalities:
+            raise InputError("models compared in one table need the same modalities and preprocessing as "
+                             f"{paths[0]}", path)
+    return models
+
+
+def evaluation_rows(models: Sequence[LoadedModel], names: Sequence[str], subjects: Sequence[SubjectFiles],
+                    temperature: float = DEFAULT_TEMPERATURE, with_lpips: bool = True,
+                    mean: np.ndarray | None = None) -> list[dict]:
+    """Long-table rows of every model (named `names`) on every test subject; `mean` adds the mean-image floor."""
+    rows = []
+    for files in subjects:
+        for name, each in zip(names, models):
+            prepared = prepared_for_evaluation(files, each)
+            subject_rows, _ = evaluate_subject(each, prepared, name, temperature=temperature, with_lpips=with_lpips)
+            rows += subject_rows
+        if mean is not None:
+            rows += evaluate_mean_image(mean, prepared, models[0].modalities)
+        print(f"{files.name}: {len(subject_rows)} slice scores per model")
+    return rows
+
+
+def training_mean_images(subjects: Iterable[SubjectFiles], loaded: LoadedModel) -> np.ndarray:
+    """The mean-image baseline of a training set, on the model's grid and scale."""
+    return mean_images((load_prepared(f, loaded.preprocess) for f in subjects), loaded.modalities)
+
+
+def write_results(out: Path, rows: list[dict], modalities: Sequence[str], with_lpips: bool = True,
+                  preamble: str = "") -> None:
+    """metrics.csv (long table) and table.md (Table I layout, plus the margin over the floor when present)."""
+    if not rows:
+        raise InputError("no subject had a modality of the model", out)
+    write_csv(out / "metrics.csv", rows)
+    metric_names = ("psnr", "ssim", "lpips") if with_lpips else ("psnr", "ssim")
+    text = preamble + markdown_table(rows, list(modalities), metric_names) + "\n"
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    if "mean-image" in names:
+        text += "\n## Mean synthesis and harmonisation scores per method\n\n" + method_summary(rows) + "\n"
+        for name in names:
+            if name != "mean-image":
+                text += (f"\n## {name}: subject-averaged scores and margin over the mean-image floor\n\n"
+                         + floor_comparison(rows, name) + "\n")
+    write_text_atomic(out / "table.md", text)
+    print(f"wrote {out / 'metrics.csv'} and {out / 'table.md'}")
+
+
 def evaluate(model: str | Path | Sequence[str | Path], data: str | Path, out: str | Path,
              temperature: float = DEFAULT_TEMPERATURE, with_lpips: bool = True, method: str | None = None,
              overwrite: bool = False, mean_image_from: str | Path | None = None) -> list[dict]:
@@ -244,35 +347,11 @@ def evaluate(model: str | Path | Sequence[str | Path], data: str | Path, out: st
     if (out / "metrics.csv").exists() and not overwrite:
         raise InputError("the output folder already has results (use --overwrite)", out)
     paths = [Path(model)] if isinstance(model, (str, Path)) else [Path(m) for m in model]
-    models = [load_model_file(p) for p in paths]
+    models = load_models(paths)
     names = [method] if method is not None and len(models) == 1 else method_names(paths, models)
-    config = models[0].preprocess
-    for path, other in zip(paths[1:], models[1:]):
-        if other.preprocess != config or other.modalities != models[0].modalities:
-            raise InputError("models compared in one table need the same modalities and preprocessing as "
-                             f"{paths[0]}", path)
-    loaded = models[0]
-    mean = None
-    if mean_image_from is not None:
-        mean = mean_images((load_prepared(f, config) for f in discover_subjects(mean_image_from)), loaded.modalities)
-    rows = []
-    for files in discover_subjects(data):
-        for name, each in zip(names, models):
-            prepared = prepared_for_evaluation(files, each)
-            subject_rows, _ = evaluate_subject(each, prepared, name, temperature=temperature, with_lpips=with_lpips)
-            rows += subject_rows
-        if mean is not None:
-            rows += evaluate_mean_image(mean, prepared, loaded.modalities)
-        print(f"{files.name}: {len(subject_rows)} slice scores per model")
+    mean = None if mean_image_from is None else training_mean_images(discover_subjects(mean_image_from), models[0])
+    rows = evaluation_rows(models, names, discover_subjects(data), temperature, with_lpips, mean)
     if not rows:
         raise InputError("no subject had a modality of the model", data)
-    write_csv(out / "metrics.csv", rows)
-    metric_names = ("psnr", "ssim", "lpips") if with_lpips else ("psnr", "ssim")
-    text = markdown_table(rows, list(loaded.modalities), metric_names) + "\n"
-    if mean is not None:
-        for name in names:
-            text += (f"\n## {name}: subject-averaged scores and margin over the mean-image floor\n\n"
-                     + floor_comparison(rows, name) + "\n")
-    write_text_atomic(out / "table.md", text)
-    print(f"wrote {out / 'metrics.csv'} and {out / 'table.md'}")
+    write_results(out, rows, models[0].modalities, with_lpips)
     return rows

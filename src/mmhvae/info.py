@@ -1,15 +1,12 @@
-"""`mmhvae info`: what a configuration or a model file is, and what one slice costs."""
+"""`mmhvae info`: what a configuration or a model file is, and what one slice costs (Section 5.1)."""
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-
-from mmhvae.config import load_config
-from mmhvae.model.mmhvae import MMHVAE
 
 
 def parameter_count(model: torch.nn.Module) -> int:
@@ -17,7 +14,7 @@ def parameter_count(model: torch.nn.Module) -> int:
 
 
 @torch.no_grad()  # not inference_mode: the flop counter fails on weight-normalised layers under it
-def macs_per_slice(model: MMHVAE, inputs: int | None = None) -> int:
+def macs_per_slice(model: torch.nn.Module, inputs: int | None = None) -> int:
     """Multiply-accumulates of one forward pass on one slice with the first `inputs` modalities present."""
     cfg = model.config
     present = torch.zeros(1, len(cfg.modalities), dtype=torch.bool)
@@ -29,44 +26,59 @@ def macs_per_slice(model: MMHVAE, inputs: int | None = None) -> int:
     return counter.get_total_flops() // 2
 
 
-@torch.inference_mode()
-def latency_per_slice(model: MMHVAE, repeats: int = 5) -> float:
-    cfg = model.config
-    images = torch.zeros(1, len(cfg.modalities), cfg.image_size, cfg.image_size)
-    present = torch.ones(1, len(cfg.modalities), dtype=torch.bool)
-    model(images, present, temperature=0.5)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(images, present, temperature=0.5)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+def network_lines(network: torch.nn.Module, source: str, meta: dict) -> list[str]:
+    cfg = network.config
+    lines = [f"{source}", f"  modalities        {','.join(cfg.modalities)}",
+             f"  image size        {cfg.image_size}x{cfg.image_size}"]
+    if hasattr(cfg, "stochastic_groups"):
+        lines += [f"  latent groups     {cfg.stochastic_groups} of {cfg.num_pool + 1} ({cfg.num_pool} poolings)",
+                  f"  options           topdown={cfg.topdown} heads={cfg.heads} fusion={cfg.fusion} "
+                  f"encoder={getattr(cfg, 'encoder', 'per_modality')}"]
+    else:
+        lines.append(f"  network           {cfg.variant}")
+    lines += [f"  parameters        {parameter_count(network):,}",
+              f"  MACs per slice    {macs_per_slice(network) / 1e9:.3f} G (all inputs), "
+              f"{macs_per_slice(network, 1) / 1e9:.3f} G ({cfg.modalities[0]} only)"]
+    if meta.get("steps") is not None:
+        lines.append(f"  trained           {meta.get('method', 'mmhvae')}, {meta['steps']} steps, "
+                     f"{meta.get('train_minutes', 0):.1f} min")
+    return lines
 
 
-def describe(config: str | None = None, model: Path | None = None, latency: bool = False) -> str:
+def cost_table(networks: dict[str, torch.nn.Module], latency: bool, repeats: int = 5) -> str:
+    """Markdown: parameters, MACs and (optionally) CPU latency per slice of each network, as in Section 5.1."""
+    from mmhvae.benchmark import inference_latency
+
+    header = "| network | parameters | GMACs per slice | latency per slice, batch 1 (ms) |"
+    lines = [header, "|---|---|---|---|"]
+    for name, network in networks.items():
+        ms = f"{1000 * inference_latency(network, 1, repeats, torch.device('cpu')):.1f}" if latency else "-"
+        lines.append(f"| {name} | {parameter_count(network):,} | {macs_per_slice(network) / 1e9:.3f} | {ms} |")
+    threads = torch.get_num_threads()
+    return "\n".join(lines) + f"\n\nAll inputs present; CPU, {threads} threads; latency the median of {repeats} runs."
+
+
+def describe(config: str | None = None, model: Path | Sequence[Path] | None = None, latency: bool = False,
+             methods: Sequence[str] = ()) -> str:
+    """Text of `mmhvae info`: one block per network, then a cost table when several are compared."""
+    from mmhvae.benchmark import method_network
+
+    networks: dict[str, torch.nn.Module] = {}
+    blocks: list[str] = []
     if model is not None:
+        from mmhvae.evaluate import method_names
         from mmhvae.model_file import load_model_file
 
-        loaded = load_model_file(model)
-        network, source = loaded.model, f"model file {model}"
-        meta = loaded.meta
+        paths = [Path(model)] if isinstance(model, (str, Path)) else [Path(m) for m in model]
+        loaded = [load_model_file(p) for p in paths]
+        for name, path, each in zip(method_names(paths, loaded), paths, loaded):
+            networks[name] = each.model.eval()
+            blocks.append("\n".join(network_lines(each.model, f"model file {path}", each.meta)))
     else:
-        run = load_config(config or "tiny")
-        network, source, meta = MMHVAE.from_config(run.model).eval(), f"config {config or 'tiny'}", {}
-    cfg = network.config
-    lines = [
-        f"{source}",
-        f"  modalities        {','.join(cfg.modalities)}",
-        f"  image size        {cfg.image_size}x{cfg.image_size}, {cfg.num_pool} poolings, "
-        f"latent groups {cfg.stochastic_groups}",
-        f"  options           topdown={cfg.topdown} heads={cfg.heads} fusion={cfg.fusion}",
-        f"  parameters        {parameter_count(network):,}",
-        f"  MACs per slice    {macs_per_slice(network) / 1e9:.3f} G (all inputs), "
-        f"{macs_per_slice(network, 1) / 1e9:.3f} G ({cfg.modalities[0]} only)",
-    ]
-    if latency:
-        lines.append(f"  latency per slice {1000 * latency_per_slice(network):.1f} ms "
-                     f"(CPU, {torch.get_num_threads()} threads, all inputs)")
-    if meta.get("steps") is not None:
-        lines.append(f"  trained           {meta['steps']} steps, {meta.get('train_minutes', 0):.1f} min")
-    return "\n".join(lines)
+        for method in methods or ("mmhvae",):
+            network, _ = method_network(config or "tiny", method)
+            networks[method] = network.eval()
+            blocks.append("\n".join(network_lines(network, f"config {config or 'tiny'}, method {method}", {})))
+    if latency or len(networks) > 1:
+        blocks.append(cost_table(networks, latency))
+    return "\n\n".join(blocks)

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmhvae.config import RunConfig, from_mapping, load_config, save_config
-from mmhvae.data.dataset import SliceDataModule, stratified_folds
+from mmhvae.data.dataset import SliceDataModule, cross_validation_split, stratified_folds
 from mmhvae.errors import InputError
-from mmhvae.io import discover_subjects
+from mmhvae.io import SubjectFiles
 from mmhvae.modalities import ModalitySet, SubsetSampler
 from mmhvae.model import critic as critics
 from mmhvae.model.mmgan import MMGAN
@@ -361,9 +361,14 @@ def first_present_only(present: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------------
 
 
+def fold_subjects(data: Path, run: RunConfig) -> tuple[list[SubjectFiles], list[SubjectFiles]]:
+    """(training candidates, test subjects) of a run: the test fold is left out when `train.folds` is set."""
+    return cross_validation_split(data, run.data.modality_set, run.train.folds, run.train.test_fold, run.train.seed)
+
+
 def validation_subjects(data: Path, run: RunConfig) -> list[str]:
-    """A stratified `val_fraction` of the subjects (at least one when there are 5 or more)."""
-    subjects = [s for s in discover_subjects(data) if s.present(run.data.modality_set)]
+    """A stratified `val_fraction` of the training subjects (at least one when there are 5 or more)."""
+    subjects, _ = fold_subjects(data, run)
     if run.train.val_fraction <= 0 or len(subjects) < 5:
         return []
     folds = min(len(subjects), max(2, round(1 / run.train.val_fraction)))
@@ -505,6 +510,7 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
     pl.seed_everything(run.train.seed, workers=True, verbose=False)
     datamodule = SliceDataModule(data, run.data, batch_size=run.train.batch_size,
                                  batches_per_epoch=run.train.checkpoint_every,
+                                 folds=run.train.folds, test_fold=run.train.test_fold,
                                  val_subjects=validation_subjects(data, run), seed=run.train.seed,
                                  cache_dir=out / "cache", num_workers=run.train.num_workers)
     module = module_for(run)

@@ -309,6 +309,20 @@ def fold_split(folds: Sequence[int], test_fold: int) -> tuple[list[int], list[in
     return train, test
 
 
+def cross_validation_split(data: str | Path, modalities: ModalitySet, folds: int | None, test_fold: int = 0,
+                           seed: int = 0) -> tuple[list[SubjectFiles], list[SubjectFiles]]:
+    """(training subjects, test subjects) of a data folder (Section 4.4.1: folds stratified by missingness
+    pattern); all subjects train when `folds` is None. Subjects with none of `modalities` are left out."""
+    subjects = [s for s in discover_subjects(data) if s.present(modalities)]
+    if not folds:
+        return subjects, []
+    if not 0 <= test_fold < folds:
+        raise InputError(f"test fold {test_fold} is not one of the {folds} folds")
+    fold_of = stratified_folds([s.indicator(modalities) for s in subjects], folds, seed)
+    train_idx, test_idx = fold_split(fold_of, test_fold)
+    return [subjects[i] for i in train_idx], [subjects[i] for i in test_idx]
+
+
 def pattern_counts(patterns: Sequence[Pattern]) -> Counter:
     return Counter(tuple(p) for p in patterns)
 
@@ -346,17 +360,11 @@ class SliceDataModule(_lightning_data_module_base()):
 
     def split(self) -> tuple[list[SubjectFiles], list[SubjectFiles], list[SubjectFiles]]:
         """(train, validation, test) subject files: test = one stratified fold when `folds` is set."""
-        subjects = discover_subjects(self.data)
-        modalities = self.config.modality_set
-        subjects = [s for s in subjects if s.present(modalities)]
-        if self.folds:
-            folds = stratified_folds([s.indicator(modalities) for s in subjects], self.folds, self.seed)
-            train_idx, test_idx = fold_split(folds, self.test_fold)
-        else:
-            train_idx, test_idx = list(range(len(subjects))), []
-        train = [subjects[i] for i in train_idx if subjects[i].name not in self.val_names]
-        val = [subjects[i] for i in train_idx if subjects[i].name in self.val_names]
-        return train, val, [subjects[i] for i in test_idx]
+        candidates, test = cross_validation_split(self.data, self.config.modality_set, self.folds, self.test_fold,
+                                                  self.seed)
+        train = [s for s in candidates if s.name not in self.val_names]
+        val = [s for s in candidates if s.name in self.val_names]
+        return train, val, test
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
