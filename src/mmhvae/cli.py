@@ -20,7 +20,6 @@ from mmhvae.modalities import PAPER_MODALITIES, ModalitySet, subset_label
 PLANNED_VERBS: dict[str, str] = {
     "register": "MR-ultrasound registration (downstream issue)",
     "segment": "ultrasound tumour segmentation (downstream issue)",
-    "analyse": "latent and temperature analyses (downstream issue)",
 }
 
 
@@ -168,6 +167,27 @@ def run_demo(args: argparse.Namespace) -> int:
     from mmhvae.demo import run_demo as demo
 
     demo(args.out, args.model)
+    return 0
+
+
+def run_analyse_latent(args: argparse.Namespace) -> int:
+    from mmhvae.analyse import analyse_latent
+
+    result = analyse_latent(args.model, args.data, args.out, subject=args.subject,
+                            slices=None if args.all_slices else args.slices, temperature=args.temperature,
+                            pca_pixels=args.pca_pixels, seed=args.seed, device=args.device, overwrite=args.overwrite)
+    print("\n".join(f"wrote {path}" for path in result.files))
+    return 0
+
+
+def run_analyse_temperature(args: argparse.Namespace) -> int:
+    from mmhvae.analyse import analyse_temperature
+
+    result = analyse_temperature(args.model, args.data, args.out, temperatures=args.temperatures.split(","),
+                                 pairs=[tuple(p.split(":", 1)) for p in args.pairs.split(",")],
+                                 with_lpips=not args.no_lpips, subject=args.subject, samples=args.samples,
+                                 seed=args.seed, device=args.device, overwrite=args.overwrite)
+    print("\n".join(f"wrote {path}" for path in result.files))
     return 0
 
 
@@ -321,6 +341,36 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
     demo.add_argument("--model", type=Path, default=None, help="model file (default: the shipped one)")
     demo.set_defaults(func=run_demo)
+
+    analyse = verbs.add_parser("analyse", help="Section 6 analyses: latent alignment (Fig. 4), temperature (Fig. 5)")
+    kinds = analyse.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+    latent = kinds.add_parser("latent", help="PCA of z_1 from every input subset of one subject (Fig. 4)")
+    latent.add_argument("--model", required=True, type=Path, help="model file or run folder")
+    latent.add_argument("--data", required=True, type=Path, help="data folder or one subject folder")
+    latent.add_argument("--out", required=True, type=Path,
+                        help="writes latent_pca.png, latent_similarity.csv and latent.md")
+    latent.add_argument("--subject", default=None, help="subject name (default: the one with the most modalities)")
+    latent.add_argument("--slices", type=int, default=8, help="central FOV slices analysed")
+    latent.add_argument("--all-slices", action="store_true", help="every FOV slice, as in the paper (more memory)")
+    latent.add_argument("--temperature", type=float, default=0.0, help="for z_>1 (0: posterior means, deterministic)")
+    latent.add_argument("--pca-pixels", type=int, default=10000, help="pixel descriptors drawn to fit the PCA")
+    latent.add_argument("--seed", type=int, default=0)
+    latent.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    latent.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    latent.set_defaults(func=run_analyse_latent)
+    temp = kinds.add_parser("temperature", help="samples and PSNR/SSIM/LPIPS against temperature (Fig. 5)")
+    temp.add_argument("--model", required=True, type=Path, help="model file or run folder")
+    temp.add_argument("--data", required=True, type=Path, help="test subjects (with targets or tissue maps)")
+    temp.add_argument("--out", required=True, type=Path, help="writes temperature_*.png/.csv and temperature.md")
+    temp.add_argument("--temperatures", default="0,0.25,0.5,0.75,1", help="comma-separated, each >= 0")
+    temp.add_argument("--pairs", default="us:t2,us:t1c", help="comma-separated SOURCE:TARGET; a source may be us+t2")
+    temp.add_argument("--subject", default=None, help="subject of the figure (default: the first with every pair)")
+    temp.add_argument("--samples", type=int, default=3, help="samples per temperature in the figure")
+    temp.add_argument("--seed", type=int, default=0)
+    temp.add_argument("--no-lpips", action="store_true", help="skip LPIPS (the slowest metric)")
+    temp.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    temp.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    temp.set_defaults(func=run_analyse_temperature)
 
     for verb, what in PLANNED_VERBS.items():
         planned = verbs.add_parser(verb, help=f"not available yet: {what}", add_help=True)
