@@ -19,7 +19,6 @@ from mmhvae.modalities import PAPER_MODALITIES, ModalitySet, subset_label
 # Verbs whose issue has not landed yet: they say so and exit 2 (usage error), never pretend.
 PLANNED_VERBS: dict[str, str] = {
     "register": "MR-ultrasound registration (downstream issue)",
-    "segment": "ultrasound tumour segmentation (downstream issue)",
 }
 
 
@@ -188,6 +187,38 @@ def run_analyse_temperature(args: argparse.Namespace) -> int:
                                  with_lpips=not args.no_lpips, subject=args.subject, samples=args.samples,
                                  seed=args.seed, device=args.device, overwrite=args.overwrite)
     print("\n".join(f"wrote {path}" for path in result.files))
+    return 0
+
+
+def _named_folders(items: Sequence[str]) -> dict[str, Path]:
+    folders = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise InputError(f"--test {item!r}: expected NAME=FOLDER, e.g. remind=data/us-test")
+        folders[name] = Path(folder)
+    return folders
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from mmhvae.downstream import segmentation
+
+    options = dict(steps=args.steps, seed=args.seed, temperature=args.temperature, folds=args.folds,
+                   batch_size=args.batch_size, learning_rate=args.lr, device=args.device, overwrite=args.overwrite)
+    if args.segment_command == "experiment":
+        segmentation.segmentation_experiment(args.model, args.mr_data, _named_folders(args.test),
+                                             args.supervised_data, args.out, **options)
+        print(f"wrote {args.out / 'table.md'} and {args.out / 'segmentation.csv'}")
+    else:
+        path = segmentation.train_segmentation_network(args.data, args.out, model=args.model, **options)
+        print(f"segmentation network: {path}")
+    return 0
+
+
+def run_segment_apply(args: argparse.Namespace) -> int:
+    from mmhvae.downstream.segmentation import segment_ultrasound
+
+    print(f"wrote {segment_ultrasound(args.network, args.image, args.out, args.overwrite, args.device)}")
     return 0
 
 
@@ -371,6 +402,42 @@ def build_parser() -> argparse.ArgumentParser:
     temp.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     temp.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     temp.set_defaults(func=run_analyse_temperature)
+
+    segment = verbs.add_parser("segment", help="ultrasound tumour segmentation learnt from synthetic ultrasound "
+                                              "(Table IV)")
+    segment_kinds = segment.add_subparsers(dest="segment_command", required=True, metavar="COMMAND")
+    experiment = segment_kinds.add_parser("experiment", help="one network per synthesis method (+ fully supervised), "
+                                                             "scored on labelled ultrasound test sets")
+    experiment.add_argument("--model", nargs="+", required=True, type=Path, help="synthesis model files (methods)")
+    experiment.add_argument("--mr-data", required=True, type=Path,
+                            help="MR cohort with seg.nii.gz (its ultrasound, if any, is ignored)")
+    experiment.add_argument("--test", action="append", required=True, metavar="NAME=FOLDER",
+                            help="labelled acquired ultrasound test set (repeatable)")
+    experiment.add_argument("--supervised-data", type=Path, default=None,
+                            help="labelled acquired ultrasound for the fully supervised baseline")
+    experiment.add_argument("--out", required=True, type=Path, help="writes table.md, segmentation.csv, networks/")
+    trainer = segment_kinds.add_parser("train", help="train one segmentation network file")
+    trainer.add_argument("--data", required=True, type=Path, help="labelled ultrasound, or an MR cohort with --model")
+    trainer.add_argument("--model", type=Path, default=None,
+                         help="train on ultrasound this model synthesises from the MR of --data")
+    trainer.add_argument("--out", required=True, type=Path, help="network file (.pt)")
+    for parser_ in (experiment, trainer):
+        parser_.add_argument("--steps", type=int, default=1000, help="training steps per network")
+        parser_.add_argument("--folds", type=int, default=1, help="> 1: an ensemble, one network per fold")
+        parser_.add_argument("--batch-size", type=int, default=16)
+        parser_.add_argument("--lr", type=float, default=1e-3)
+        parser_.add_argument("--temperature", type=float, default=0.5, help="of the ultrasound synthesis")
+        parser_.add_argument("--seed", type=int, default=0)
+        parser_.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+        parser_.add_argument("--overwrite", action="store_true")
+        parser_.set_defaults(func=run_segment)
+    apply = segment_kinds.add_parser("apply", help="segment the tumour in one ultrasound volume")
+    apply.add_argument("--network", required=True, type=Path, help="a network file from 'segment train/experiment'")
+    apply.add_argument("--image", required=True, type=Path, help="ultrasound volume (NIfTI)")
+    apply.add_argument("--out", required=True, type=Path, help="mask to write (NIfTI, on the image's grid)")
+    apply.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    apply.add_argument("--overwrite", action="store_true")
+    apply.set_defaults(func=run_segment_apply)
 
     for verb, what in PLANNED_VERBS.items():
         planned = verbs.add_parser(verb, help=f"not available yet: {what}", add_help=True)
