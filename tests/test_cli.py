@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
-from mmhvae.cli import PLANNED_VERBS, main
+from mmhvae.cli import main
 
 from conftest import brain_like, huge_header_file, make_subject, write_nifti
 
@@ -24,13 +23,6 @@ def test_check_lists_subjects_and_patterns(tmp_path, capsys):
     assert main(["check", "--data", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "r=1110" in out and "r=1000" in out and "2 subjects" in out
-
-
-@pytest.mark.parametrize("verb", sorted(PLANNED_VERBS))
-def test_planned_verbs_say_so_and_exit_2(verb, capsys):
-    assert main([verb]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "not available yet" in err and len(err.splitlines()) == 1
 
 
 def bad_inputs(tmp_path):

@@ -16,11 +16,6 @@ from mmhvae import __version__
 from mmhvae.errors import InputError
 from mmhvae.modalities import PAPER_MODALITIES, ModalitySet, subset_label
 
-# Verbs whose issue has not landed yet: they say so and exit 2 (usage error), never pretend.
-PLANNED_VERBS: dict[str, str] = {
-    "register": "MR-ultrasound registration (downstream issue)",
-}
-
 
 def _modality_set(text: str) -> ModalitySet:
     try:
@@ -222,9 +217,24 @@ def run_segment_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_planned(args: argparse.Namespace) -> int:
-    raise InputError(f"'mmhvae {args.verb}' is not available yet in version {__version__}: "
-                     f"it arrives with {PLANNED_VERBS[args.verb]}")
+def run_register(args: argparse.Namespace) -> int:
+    from mmhvae.downstream import registration
+
+    if args.experiment:
+        if args.data is None:
+            raise InputError("--experiment needs --data (and --model files to compare)")
+        registration.registration_experiment(args.model, args.data, args.out,
+                                             registration.parse_ranges(args.ranges), args.displacements,
+                                             args.sequences, args.seed, args.temperature, overwrite=args.overwrite,
+                                             device=args.device)
+        print(f"wrote {args.out / 'registration.md'} and {args.out / 'registration.csv'}")
+    else:
+        if args.fixed is None or args.moving is None:
+            raise InputError("give --fixed and --moving (or --experiment --data DIR --model ...)")
+        image, transform = registration.run_register(args.fixed, args.moving, args.out, args.metric, args.fixed_mask,
+                                                     args.overwrite)
+        print(f"wrote {image} and {transform}")
+    return 0
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -439,10 +449,26 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--overwrite", action="store_true")
     apply.set_defaults(func=run_segment_apply)
 
-    for verb, what in PLANNED_VERBS.items():
-        planned = verbs.add_parser(verb, help=f"not available yet: {what}", add_help=True)
-        planned.add_argument("rest", nargs=argparse.REMAINDER)
-        planned.set_defaults(func=run_planned)
+    register = verbs.add_parser("register", help="rigid MR-ultrasound registration; --experiment: Table III")
+    register.add_argument("--fixed", type=Path, help="fixed image (ultrasound or synthetic MR)")
+    register.add_argument("--moving", type=Path, help="moving image (pre-operative MR)")
+    register.add_argument("--out", required=True, type=Path, help="OUT.nii.gz (+ OUT.tfm); with --experiment a folder")
+    register.add_argument("--metric", default="mattes", choices=["mattes", "correlation"],
+                          help="single pair: mattes (MR vs US) or correlation (MR vs synthetic MR)")
+    register.add_argument("--fixed-mask", type=Path, default=None,
+                          help="FOV mask on the fixed grid (default: non-background)")
+    register.add_argument("--experiment", action="store_true", help="Table III over --data, comparing --model files")
+    register.add_argument("--model", type=Path, nargs="*", default=[], help="with --experiment: synthesis model files")
+    register.add_argument("--data", type=Path, default=None, help="with --experiment: test subjects (us + MR)")
+    register.add_argument("--ranges", default="0-4,4-8,8-12,12-16", help="median displacement ranges in mm")
+    register.add_argument("--displacements", type=int, default=10, help="random displacements per range")
+    register.add_argument("--sequences", default="t2,t1c,flair")
+    register.add_argument("--seed", type=int, default=0)
+    register.add_argument("--temperature", type=float, default=0.5)
+    register.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    register.add_argument("--overwrite", action="store_true")
+    register.set_defaults(func=run_register)
+
     return parser
 
 
