@@ -182,6 +182,8 @@ def format_cell(entry: dict | None, name: str, bold: bool) -> str:
     if entry is None:
         return ""
     mean, sd = entry[name]
+    if not np.isfinite(mean):  # e.g. LPIPS of the mean-image floor, which is not computed
+        return "-"
     digits = 2 if name == "psnr" else 3
     cell = f"{mean:.{digits}f} ({sd:.{digits}f})"
     return f"**{cell}**" if bold else cell
@@ -325,7 +327,8 @@ def write_results(out: Path, rows: list[dict], modalities: Sequence[str], with_l
     text = preamble + markdown_table(rows, list(modalities), metric_names) + "\n"
     names = list(dict.fromkeys(r["method"] for r in rows))
     if "mean-image" in names:
-        text += "\n## Mean synthesis and harmonisation scores per method\n\n" + method_summary(rows) + "\n"
+        text += ("\n## Mean synthesis and harmonisation scores per method\n\n" + method_summary(rows, metric_names)
+                 + "\n")
         for name in names:
             if name != "mean-image":
                 text += (f"\n## {name}: subject-averaged scores and margin over the mean-image floor\n\n"

@@ -366,6 +366,8 @@ def phantom_benchmark(work: str | Path, page: str | Path, settings: PhantomBench
         f"steps. Temperature {settings.temperature} at test time.",
         "- Metrics: per 2D slice inside the ultrasound field of view, on the network scale (data range 2); "
         "LPIPS AlexNet v0.1. Mean-image: the training set's mean image of each target.",
+        "- The budget is the number of steps; the minutes are wall time on 2 CPU cores, longer where a run "
+        "shared the machine with other jobs.",
         "",
         runs_table(models),
         "",
@@ -396,7 +398,7 @@ def phantom_benchmark(work: str | Path, page: str | Path, settings: PhantomBench
 
 
 def runs_table(models: dict[str, Path]) -> str:
-    lines = ["| model | method | parameters | steps | training minutes (2 CPU cores) |", "|---|---|---|---|---|"]
+    lines = ["| model | method | parameters | steps | training wall minutes |", "|---|---|---|---|---|"]
     for name, model in models.items():
         s = run_summary(name, model)
         lines.append(f"| {name} | {s['method']} | {s['parameters']:,} | {s['steps']} | {s['minutes']:.1f} |")
