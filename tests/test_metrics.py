@@ -283,3 +283,15 @@ def test_bad_inputs_are_rejected(pair):
     bad[mask.nonzero()[0][0], mask.nonzero()[1][0]] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         masked_ssim(bad, target, mask)
+
+
+def test_volume_lpips_in_batches_equals_the_per_slice_distance():
+    rng = np.random.default_rng(3)
+    pred, target = rng.uniform(-1, 1, (2, 32, 32, 5)).astype(np.float32)
+    mask = np.zeros((32, 32, 5), bool)
+    mask[4:28, 2:30, 1:4] = True
+    rows = metrics.volume_metrics(pred, target, mask, with_lpips=True)
+    assert [r["slice"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        k = r["slice"]
+        assert r["lpips"] == pytest.approx(metrics.lpips_distance(pred[..., k], target[..., k], mask[..., k]), abs=1e-6)
