@@ -381,6 +381,10 @@ def phantom_benchmark(work: str | Path, page: str | Path, settings: PhantomBench
         "",
         ordering_statement(baseline_rows),
         "",
+        f"Read these tables as what {settings.steps} steps per model buy on a CPU, not as the methods at "
+        "convergence: the shipped demo model (`models/README.md`) needed thousands of steps for its validation "
+        "PSNR to level off, and the ranking of under-trained models can change as they train.",
+        "",
         "## Table II analogue: ablations (same budget, same test cohort)",
         "",
         ablation_study_table(rows, base, settings.with_lpips),
