@@ -16,7 +16,6 @@ subject, and PSNR/SSIM/LPIPS against the harmonised target inside the field of v
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ import torch
 from mmhvae.data.dataset import PreparedSubject
 from mmhvae.errors import InputError
 from mmhvae.evaluate import prepared_for_evaluation, score, summarise
-from mmhvae.files import atomic_path, write_text_atomic
+from mmhvae.files import atomic_path, write_csv_atomic, write_text_atomic
 from mmhvae.io import SubjectFiles, discover_subjects, load_subject
 from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, require_key, subset_label
 from mmhvae.model.mmgan import VARIANT as MMGAN_VARIANT
@@ -105,14 +104,6 @@ def save_figure(fig, png: Path, dpi: int = 100) -> Path:
     return png
 
 
-def write_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(fields))
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: row.get(k) for k in fields})
-    return path
 
 
 def show_image(ax, image: np.ndarray, title: str | None = None, **imshow) -> None:
@@ -346,7 +337,7 @@ def analyse_latent(model: Path, data: Path, out: Path, subject: str | None = Non
                   f"{files.name}, slice {k}: first principal components of z1 as RGB ({variance})")
 
     rows = latent_similarity_rows(descriptors, full, files.name)
-    write_csv(table_csv, rows, LATENT_FIELDS)
+    write_csv_atomic(table_csv, rows, LATENT_FIELDS)
     write_text_atomic(table_md, latent_markdown(rows, pca.explained_variance_ratio_, files.name, chosen,
                                                 temperature, len(sample)))
     print(f"{files.name}: z1 from {len(subsets)} input subsets on {len(chosen)} slice(s); wrote {png}, "
@@ -600,8 +591,8 @@ def analyse_temperature(model: Path, data: Path, out: Path, temperatures: Sequen
     metric_names = METRICS if with_lpips else METRICS[:2]
     summary_fields = ["inputs", "target", "temperature", "subjects", "slices"]
     summary_fields += [f"{n}_{s}" for n in metric_names for s in ("mean", "sd")]
-    write_csv(slices_csv, rows, TEMPERATURE_FIELDS)
-    write_csv(summary_csv, summary, summary_fields)
+    write_csv_atomic(slices_csv, rows, TEMPERATURE_FIELDS)
+    write_csv_atomic(summary_csv, summary, summary_fields)
     spreads = {p: sample_spread(images[p], fov) for p in pairs}
     write_text_atomic(table_md, temperature_markdown(summary, spreads, temperatures, metric_names,
                                                      figure_subject.name, k))

@@ -8,7 +8,6 @@ network's scale (data range 2, see `mmhvae.metrics`), inside the field of view.
 
 from __future__ import annotations
 
-import csv
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -19,7 +18,7 @@ import numpy as np
 from mmhvae import metrics
 from mmhvae.data.dataset import PreparedSubject, load_prepared
 from mmhvae.errors import InputError
-from mmhvae.files import atomic_path, write_text_atomic
+from mmhvae.files import write_csv_atomic, write_text_atomic
 from mmhvae.io import SubjectFiles, discover_subjects, load_subject
 from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, subset_label
 from mmhvae.model_file import LoadedModel, load_model_file
@@ -260,12 +259,8 @@ def markdown_table(rows: list[dict], modalities: Sequence[str], metric_names=("p
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: row.get(k) for k in CSV_FIELDS})
+    """The long table of scores (CSV_FIELDS)."""
+    write_csv_atomic(path, rows, CSV_FIELDS)
 
 
 def prepared_for_evaluation(files: SubjectFiles, loaded: LoadedModel) -> PreparedSubject:

@@ -6,11 +6,12 @@ A crash at any moment leaves either the old file or the new one, never a partial
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import re
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 TEMPORARY_MARK = ".tmp"
@@ -78,3 +79,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv_atomic(path: str | Path, rows: Iterable[dict], fields: Sequence[str]) -> Path:
+    """A CSV with a header row of `fields` (keys a row lacks are left empty), written atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(fields))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: row.get(k) for k in fields})
+    return Path(path)

@@ -80,25 +80,33 @@ def save_model_file(path: str | Path, model: MMHVAE | MMGAN | AuthorsMMHVAE, pre
     return path
 
 
+def load_verified_payload(path: Path, what: str, file_format: str, version: int,
+                          required: tuple[str, ...]) -> dict[str, Any]:
+    """The dict saved in a project file of kind `what` (e.g. "model file"), loaded with weights_only=True and
+    checked for its format tag, required keys and format version; any problem is an InputError naming it."""
+    if not path.is_file():
+        raise InputError(f"{what} does not exist", path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"not a loadable {what} ({str(exc).splitlines()[0][:200]})", path) from None
+    if not isinstance(payload, dict) or payload.get("format") != file_format:
+        raise InputError(f"not an mmhvae {what}", path)
+    missing = [k for k in required if k not in payload]
+    if missing:
+        raise InputError(f"{what} lacks {missing}", path)
+    if payload["format_version"] != version:
+        raise InputError(f"{what} format version {payload['format_version']} is not supported "
+                         f"(this mmhvae {__version__} reads version {version})", path)
+    return payload
+
+
 def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Load and verify a model file; any problem is an InputError naming the file."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
-    if not path.is_file():
-        raise InputError("model file does not exist", path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"not a loadable model file ({str(exc).splitlines()[0][:200]})", path) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError("not an mmhvae model file", path)
-    missing = [k for k in REQUIRED_KEYS if k not in payload]
-    if missing:
-        raise InputError(f"model file lacks {missing}", path)
-    if payload["format_version"] != FORMAT_VERSION:
-        raise InputError(f"model file format version {payload['format_version']} is not supported "
-                         f"(this mmhvae {__version__} reads version {FORMAT_VERSION})", path)
+    payload = load_verified_payload(path, "model file", FORMAT, FORMAT_VERSION, REQUIRED_KEYS)
     if weights_checksum(payload["state_dict"]) != payload["checksum"]:
         raise InputError("the weights do not match their checksum (file damaged or edited)", path)
     try:

@@ -18,7 +18,6 @@ information (MR vs ultrasound) or global correlation (MR vs synthetic MR of the 
 from __future__ import annotations
 
 import contextlib
-import csv
 import re
 import time
 import warnings
@@ -39,7 +38,7 @@ from mmhvae.data.dataset import field_of_view
 from mmhvae.data.harmonize import ultrasound_fov_mask
 from mmhvae.errors import InputError
 from mmhvae.evaluate import method_names
-from mmhvae.files import atomic_path, write_text_atomic
+from mmhvae.files import atomic_path, write_csv_atomic, write_text_atomic
 from mmhvae.io import Subject, Volume, discover_subjects, load_subject, read_volume, sitk_from_volume, write_volume
 from mmhvae.modalities import ULTRASOUND, ModalitySet, parse_modality_list
 from mmhvae.model_file import LoadedModel, load_model_file
@@ -537,13 +536,6 @@ def markdown_table(rows: Sequence[dict], methods: Sequence[str], sequences: Sequ
     return "\n".join(lines)
 
 
-def write_rows_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(fields))
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: row.get(k) for k in fields})
 
 
 def registration_experiment(models: Sequence[str | Path], data: str | Path, out: str | Path,
@@ -602,8 +594,8 @@ def registration_experiment(models: Sequence[str | Path], data: str | Path, out:
               f"{time.perf_counter() - tic:.1f} s")
     if not rows:
         raise InputError(f"no subject has both an ultrasound and one of {','.join(sequences)}", data)
-    write_rows_csv(out / "registration.csv", rows, CSV_FIELDS)
-    write_rows_csv(out / "registration-summary.csv", summarise(rows),
+    write_csv_atomic(out / "registration.csv", rows, CSV_FIELDS)
+    write_csv_atomic(out / "registration-summary.csv", summarise(rows),
                    ("sequence", "range_mm", "method", "trials", "tre_mean_mm", "tre_sd_mm", "failed", "p_vs_direct"))
     how = (f"Settings: SimpleITK rigid Euler3D about the field-of-view centre; Mattes mutual information "
            f"({settings.histogram_bins} bins) to the ultrasound, {synthetic_metric} to synthetic MR; shrink factors "

@@ -36,7 +36,6 @@ were trained at; a volume of another voxel size is refused (resample it first).
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 import time
@@ -57,10 +56,10 @@ from mmhvae.data import harmonize
 from mmhvae.data.dataset import centre_pad_crop
 from mmhvae.errors import InputError
 from mmhvae.evaluate import method_names
-from mmhvae.files import atomic_path, write_text_atomic
+from mmhvae.files import atomic_path, write_csv_atomic, write_text_atomic
 from mmhvae.io import Subject, SubjectFiles, discover_subjects, load_subject, read_volume, write_volume
 from mmhvae.modalities import ULTRASOUND, ModalitySet, Subset, non_empty_subsets, subset_label
-from mmhvae.model_file import LoadedModel, load_model_file, weights_checksum
+from mmhvae.model_file import LoadedModel, load_model_file, load_verified_payload, weights_checksum
 from mmhvae.predict import (
     DEFAULT_TEMPERATURE,
     back_to_grid,
@@ -264,19 +263,7 @@ def save_segmenter(path: str | Path, segmenter: Segmenter) -> Path:
 def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segmenter:
     """Load and verify a segmentation network file; any problem is an InputError naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError("segmentation network file does not exist", path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"not a loadable segmentation network file ({str(exc).splitlines()[0][:200]})", path) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError("not an mmhvae segmentation network file", path)
-    missing = [k for k in REQUIRED_KEYS if k not in payload]
-    if missing:
-        raise InputError(f"segmentation network file lacks {missing}", path)
-    if payload["format_version"] != FORMAT_VERSION:
-        raise InputError(f"segmentation network format version {payload['format_version']} is not supported", path)
+    payload = load_verified_payload(path, "segmentation network file", FORMAT, FORMAT_VERSION, REQUIRED_KEYS)
     if [weights_checksum(s) for s in payload["state_dicts"]] != payload["checksums"]:
         raise InputError("the weights do not match their checksums (file damaged or edited)", path)
     try:
@@ -522,13 +509,6 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_rows_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(fields))
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: row.get(k) for k in fields})
 
 
 def file_stem(method: str) -> str:
@@ -667,8 +647,8 @@ def worst_case_note(test_sets: dict[str, Sequence[LabelledVolume]]) -> str:
 def write_experiment_results(out: Path, rows: list[dict], log: list[dict], notes: list[str], steps: int, folds: int,
                              seed: int, worst_case: str) -> None:
     """segmentation.csv, training-loss.csv and table.md (the table with what it was computed from)."""
-    write_rows_csv(out / "segmentation.csv", rows, CSV_FIELDS)
-    write_rows_csv(out / "training-loss.csv", log, ("method", "fold", "step", "loss"))
+    write_csv_atomic(out / "segmentation.csv", rows, CSV_FIELDS)
+    write_csv_atomic(out / "training-loss.csv", log, ("method", "fold", "step", "loss"))
     text = (
         "# Tumour segmentation in acquired ultrasound, learnt from synthetic ultrasound (Table IV analogue)\n\n"
         + markdown_table(rows) + "\n\n"
