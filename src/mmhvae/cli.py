@@ -115,7 +115,8 @@ def run_report(args: argparse.Namespace) -> int:
 
     settings = PhantomBenchmark(config=args.config, steps=args.steps, train_subjects=args.train_subjects,
                                 train_seed=args.train_seed, test_subjects=args.test_subjects,
-                                test_seed=args.test_seed, with_lpips=not args.no_lpips)
+                                test_seed=args.test_seed, with_lpips=not args.no_lpips,
+                                ablation=not args.no_ablation)
     phantom_benchmark(args.work, args.out, settings)
     return 0
 
@@ -352,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--test-subjects", type=int, default=8)
     report.add_argument("--test-seed", type=int, default=5000)
     report.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    report.add_argument("--no-ablation", action="store_true",
+                        help="Table I methods only (no Table II variants): for larger budgets")
     report.set_defaults(func=run_report)
 
     authors = verbs.add_parser("import-authors", help="convert the authors' released checkpoint into a model file")
