@@ -25,3 +25,15 @@ def test_benchmark_reports_every_figure_for_each_method(tmp_path):
     assert mopoe["parameters"] < full["parameters"]  # one latent group instead of four
     table = markdown(report)
     assert table.count("\n| ") == 4 and "nan" not in table
+
+
+def test_bf16_benchmark_and_the_remind_epoch_estimate(tmp_path):
+    config = tmp_path / "small.yaml"
+    config.write_text(SMALL_CONFIG)
+    report = benchmark([str(config)], ["mmhvae"], repeats=1, depth=2, train_batches=(2,), phantom_subjects=0,
+                       precision="bf16")
+    (result,) = report["results"]
+    assert result["precision"] == "bf16" and result["latency_ms_batch1"] > 0
+    # 70 volumes x 160 slices at batch 2: 5,600 steps of the measured step time
+    assert math.isclose(result["remind_epoch_minutes"], 5600 * result["train_step_s"]["2"] / 60)
+    assert "precision bf16" in markdown(report)

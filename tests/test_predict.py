@@ -86,6 +86,29 @@ def test_batched_subsets_equal_separate_runs(model_file, tmp_path):
         np.testing.assert_allclose(joint.mean, alone.mean, atol=1e-5)
 
 
+def test_bf16_autocast_stays_close_to_float32(model_file, tmp_path):
+    loaded = load_model_file(model_file)
+    folder = phantom_subject(tmp_path / "s", ("us", "t2", "t1c"))
+    (files,) = discover_subjects(folder)
+    prepared = prepare_for_model(load_subject(files, loaded.modalities), loaded)
+    subsets = [("us",), ("us", "t2", "t1c")]
+    exact = synthesise(loaded.model, prepared, subsets, temperature=0.5)
+    fast = synthesise(loaded.model, prepared, subsets, temperature=0.5, precision="bf16")
+    for a, b in zip(exact, fast):
+        difference = np.abs(a.mean - b.mean)
+        assert difference.max() > 0  # the networks did run in bf16
+        assert difference.mean() < 0.01 and difference.max() < 0.1  # on the [-1, 1] scale
+
+
+def test_precision_auto_is_float32_on_cpu_and_unknown_names_are_refused():
+    from mmhvae.predict import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    with pytest.raises(InputError, match="precision"):
+        resolve_precision("fp8", torch.device("cpu"))
+
+
 def test_model_file_refusals(model_file, tmp_path):
     payload = torch.load(model_file, weights_only=True)
     payload["state_dict"][next(iter(payload["state_dict"]))] += 1

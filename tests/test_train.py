@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 import torch
@@ -46,6 +47,19 @@ def test_a_short_cpu_run_writes_config_logs_checkpoints_and_a_model(cohort, conf
     assert any(r.get("critic") for r in read_log(run))  # GAN phase reached (gan_start 0.5)
     with pytest.raises(InputError, match="already holds a run"):
         train(cohort, run, config_file, max_steps=4, progress=False)
+
+
+def test_bf16_mixed_precision_trains_with_the_gan_phase(cohort, tmp_path):
+    """The GPU default (bf16 autocast), run on the CPU: every loss finite, critics included."""
+    config = tmp_path / "bf16.yaml"
+    config.write_text(SMALL_CONFIG + "  precision: bf16-mixed\n")
+    run = tmp_path / "run"
+    model_path = train(cohort, run, config, max_steps=4, progress=False)
+    rows = read_log(run)
+    losses = [float(r["loss"]) for r in rows if r.get("loss")]
+    critics = [float(r["critic"]) for r in rows if r.get("critic")]
+    assert losses and critics and all(map(math.isfinite, losses + critics))
+    assert load_model_file(model_path).meta["steps"] == 4
 
 
 def test_schedules():

@@ -3,13 +3,16 @@
 For each configuration (tiny, paper) and method it prints parameters, MACs per slice, inference latency per
 slice at batch 1 and 16, the time to predict every modality from all 15 input subsets of a slab in one run
 against 15 single-subset runs, the training-step time at batch 4 and 16 with T = 3, and the peak memory of
-that step; plus the phantom generator's subjects per second. Times are medians of repeated runs after a
+that step, and the time of one training epoch over a ReMIND-sized set (70 volumes x 160 slices) at the
+largest batch; plus the phantom generator's subjects per second. Times are medians of repeated runs after a
 warm-up. Each training measurement runs in a fresh process, so its peak resident memory is its own.
+`precision` "bf16" runs the networks under bf16 autocast (the GPU default of predict and train).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
@@ -30,6 +33,10 @@ from mmhvae.config import RunConfig, load_config
 from mmhvae.errors import InputError
 from mmhvae.info import macs_per_slice, parameter_count
 from mmhvae.modalities import ModalitySet, non_empty_subsets
+from mmhvae.predict import autocast
+
+# The paper's training set: 70 ReMIND volumes of about 160 slices each (Section 4.1).
+REMIND_SLICES = 70 * 160
 
 
 @dataclass
@@ -45,10 +52,19 @@ class Result:
     all_subsets_separate_runs_s: float
     train_step_s: dict[str, float] = field(default_factory=dict)
     train_peak_memory_gb: dict[str, float] = field(default_factory=dict)
+    precision: str = "fp32"
 
     @property
     def batched_subset_ratio(self) -> float:
         return self.all_subsets_one_run_s / self.all_subsets_separate_runs_s
+
+    @property
+    def remind_epoch_minutes(self) -> float:
+        """One pass over REMIND_SLICES at the largest measured batch (steps x step time)."""
+        if not self.train_step_s:
+            return float("nan")
+        batch = max(self.train_step_s, key=int)
+        return math.ceil(REMIND_SLICES / int(batch)) * self.train_step_s[batch] / 60
 
 
 def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: torch.device | None = None) -> float:
@@ -81,12 +97,18 @@ def method_network(config: str, method: str) -> tuple[torch.nn.Module, RunConfig
 
 
 @torch.inference_mode()
-def inference_latency(model: torch.nn.Module, batch: int, repeats: int, device: torch.device) -> float:
+def inference_latency(model: torch.nn.Module, batch: int, repeats: int, device: torch.device,
+                      precision: str = "fp32") -> float:
     """Seconds per slice of one forward pass (all inputs present, temperature 0.5) at this batch size."""
     cfg = model.config
     images = torch.zeros(batch, len(cfg.modalities), cfg.image_size, cfg.image_size, device=device)
     present = torch.ones(batch, len(cfg.modalities), dtype=torch.bool, device=device)
-    return median_time(lambda: model(images, present, temperature=0.5), repeats, device=device) / batch
+
+    def forward() -> None:
+        with autocast(device, precision):
+            model(images, present, temperature=0.5)
+
+    return median_time(forward, repeats, device=device) / batch
 
 
 def slab_subject(model: torch.nn.Module, depth: int):
@@ -101,18 +123,21 @@ def slab_subject(model: torch.nn.Module, depth: int):
                            np.ones(shape[1:], bool), np.arange(depth))
 
 
-def all_subsets_times(model: torch.nn.Module, depth: int, repeats: int) -> tuple[float, float]:
+def all_subsets_times(model: torch.nn.Module, depth: int, repeats: int, precision: str = "fp32"
+                      ) -> tuple[float, float]:
     """(one run over all 2^M - 1 subsets, the same as one run per subset), seconds."""
     from mmhvae.predict import synthesise
 
     prepared = slab_subject(model, depth)
     subsets = non_empty_subsets(ModalitySet(tuple(model.config.modalities)))
-    together = median_time(lambda: synthesise(model, prepared, subsets), repeats)
-    separately = median_time(lambda: [synthesise(model, prepared, [s]) for s in subsets], repeats)
+    together = median_time(lambda: synthesise(model, prepared, subsets, precision=precision), repeats)
+    separately = median_time(lambda: [synthesise(model, prepared, [s], precision=precision) for s in subsets],
+                             repeats)
     return together, separately
 
 
-def training_step_time(config: str, method: str, batch: int, repeats: int, device: str) -> dict[str, float]:
+def training_step_time(config: str, method: str, batch: int, repeats: int, device: str, precision: str = "fp32"
+                       ) -> dict[str, float]:
     """One Algorithm-1 step (T passes, backward, optimiser) in this process: median seconds and peak memory."""
     from mmhvae.train import module_for
 
@@ -130,7 +155,8 @@ def training_step_time(config: str, method: str, batch: int, repeats: int, devic
         torch.cuda.reset_peak_memory_stats()
 
     def step() -> None:
-        losses = module.generator_losses(data, module.draw_subsets(data["present"]))
+        with autocast(torch.device(device), precision):
+            losses = module.generator_losses(data, module.draw_subsets(data["present"]))
         optimiser.zero_grad(set_to_none=True)
         losses["total"].backward()
         optimiser.step()
@@ -144,14 +170,14 @@ def training_step_time(config: str, method: str, batch: int, repeats: int, devic
 
 
 def training_step_in_fresh_process(config: str, method: str, batch: int, repeats: int, device: str,
-                                   threads: int) -> dict[str, float]:
+                                   threads: int, precision: str = "fp32") -> dict[str, float]:
     """Run `training_step_time` in a child process so that its peak memory is measured alone."""
     code = ("import json, sys, torch; torch.set_num_threads(int(sys.argv[6])); "
             "from mmhvae.benchmark import training_step_time; "
             "print(json.dumps(training_step_time(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "
-            "sys.argv[5])))")
+            "sys.argv[5], sys.argv[7])))")
     done = subprocess.run([sys.executable, "-c", code, config, method, str(batch), str(repeats), device,
-                           str(threads)], capture_output=True, text=True)
+                           str(threads), precision], capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {"seconds": float("nan"), "peak_gb": float("nan"), "error": last[:200]}
@@ -168,7 +194,8 @@ def phantom_subjects_per_second(subjects: int = 4, size: int = 64) -> float:
 
 
 def benchmark(configs: list[str], methods: list[str], repeats: int = 3, device: str = "cpu", depth: int = 32,
-              train_batches: tuple[int, ...] = (4, 16), phantom_subjects: int = 4) -> dict[str, Any]:
+              train_batches: tuple[int, ...] = (4, 16), phantom_subjects: int = 4, precision: str = "fp32"
+              ) -> dict[str, Any]:
     """Every figure of the performance issue for each (config, method); returns a JSON-ready dict."""
     torch_device = torch.device(device)
     results = []
@@ -177,25 +204,27 @@ def benchmark(configs: list[str], methods: list[str], repeats: int = 3, device: 
             model, _ = method_network(config, method)
             model = model.to(torch_device).eval()
             cfg = model.config
-            together, separately = all_subsets_times(model, depth, repeats)
+            together, separately = all_subsets_times(model, depth, repeats, precision)
             result = Result(
                 config=config, method=method, parameters=parameter_count(model),
                 macs_all_inputs_g=macs_per_slice(model.cpu()) / 1e9,
                 latency_ms_batch1=0.0, latency_ms_per_slice_batch16=0.0,
                 slab=f"{cfg.image_size}x{cfg.image_size}x{depth}",
-                all_subsets_one_run_s=together, all_subsets_separate_runs_s=separately)
+                all_subsets_one_run_s=together, all_subsets_separate_runs_s=separately, precision=precision)
             model = model.to(torch_device)
-            result.latency_ms_batch1 = 1000 * inference_latency(model, 1, repeats, torch_device)
-            result.latency_ms_per_slice_batch16 = 1000 * inference_latency(model, 16, repeats, torch_device)
+            result.latency_ms_batch1 = 1000 * inference_latency(model, 1, repeats, torch_device, precision)
+            result.latency_ms_per_slice_batch16 = 1000 * inference_latency(model, 16, repeats, torch_device,
+                                                                           precision)
             for batch in train_batches:
                 measured = training_step_in_fresh_process(config, method, batch, repeats, device,
-                                                          torch.get_num_threads())
+                                                          torch.get_num_threads(), precision)
                 result.train_step_s[str(batch)] = measured["seconds"]
                 result.train_peak_memory_gb[str(batch)] = measured["peak_gb"]
             results.append(result)
     return {
         "machine": machine_description(device),
-        "results": [{**asdict(r), "batched_subset_ratio": r.batched_subset_ratio} for r in results],
+        "results": [{**asdict(r), "batched_subset_ratio": r.batched_subset_ratio,
+                     "remind_epoch_minutes": r.remind_epoch_minutes} for r in results],
         "phantom_subjects_per_second": phantom_subjects_per_second(phantom_subjects) if phantom_subjects else None,
         "repeats": repeats,
     }
@@ -219,13 +248,16 @@ def markdown(report: dict[str, Any]) -> str:
     batches = sorted({b for r in report["results"] for b in r["train_step_s"]}, key=int)
     lines = [
         f"Machine: {machine['processor']}, {machine['usable_cpus']} usable CPUs, {machine['torch_threads']} torch "
-        f"threads, torch {machine['torch']}, device {machine['device']}; medians of {report['repeats']} runs "
-        "after a warm-up.",
+        f"threads, torch {machine['torch']}, device {machine['device']}"
+        + (f" ({machine['gpu']})" if machine.get("gpu") else "")
+        + f", precision {report['results'][0]['precision'] if report['results'] else 'fp32'}; medians of "
+        f"{report['repeats']} runs after a warm-up. Epoch: one pass over 70 x 160 slices (ReMIND-sized) at the "
+        "largest batch.",
         "",
         "| config | method | parameters | GMACs/slice | ms/slice (b1) | ms/slice (b16) | 15 subsets, one run (s) "
         "| 15 separate runs (s) | ratio | " + " | ".join(f"train step b{b} (s) | peak mem b{b} (GB)" for b in batches)
-        + " |",
-        "|---" * (9 + 2 * len(batches)) + "|",
+        + " | epoch (min) |",
+        "|---" * (10 + 2 * len(batches)) + "|",
     ]
     for r in report["results"]:
         steps, memory = r["train_step_s"], r["train_peak_memory_gb"]
@@ -234,7 +266,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['config']} | {r['method']} | {r['parameters']:,} | {r['macs_all_inputs_g']:.2f} | "
             f"{r['latency_ms_batch1']:.1f} | {r['latency_ms_per_slice_batch16']:.1f} | "
             f"{r['all_subsets_one_run_s']:.2f} ({r['slab']}) | {r['all_subsets_separate_runs_s']:.2f} | "
-            f"{r['batched_subset_ratio']:.2f} | {training} |")
+            f"{r['batched_subset_ratio']:.2f} | {training} | {r['remind_epoch_minutes']:.1f} |")
     if report.get("phantom_subjects_per_second"):
         lines += ["", f"Phantom generator: {report['phantom_subjects_per_second']:.2f} subjects/s at size 64."]
     return "\n".join(lines)

@@ -76,7 +76,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     predict(args.model, args.input, args.out, temperature=args.temperature, samples=args.samples,
             device=args.device, inputs=args.inputs, overwrite=args.overwrite, resample_to=args.resample_to,
-            nan_to_num=args.nan_to_num, strict=args.strict)
+            nan_to_num=args.nan_to_num, strict=args.strict, precision=args.precision)
     return 0
 
 
@@ -149,7 +149,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available on this machine")
     report = benchmark(args.configs.split(","), args.methods.split(","), repeats=args.repeats, device=args.device,
-                       depth=args.depth)
+                       depth=args.depth, precision=args.precision)
     print(markdown(report))
     if args.json:
         import json
@@ -302,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--temperature", type=float, default=0.5, help="posterior std scale (default 0.5)")
     predict.add_argument("--samples", type=int, default=1, help="K samples: mean and <mod>_std.nii.gz maps")
     predict.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    predict.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                         help="network precision: auto = bf16 autocast on CUDA, float32 on CPU")
     predict.add_argument("--inputs", default=None, help="use only these present modalities, e.g. t2,us")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.add_argument("--resample-to", metavar="MOD", default=None, help="resample onto this modality's grid")
@@ -377,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", default="mmhvae,mopoe,average,concat-zeros,mmgan", help="comma-separated methods")
     bench.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median), after a warm-up")
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    bench.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                       help="networks in float32 or under bf16 autocast (the GPU default of predict and train)")
     bench.add_argument("--depth", type=int, default=32, help="slices of the slab predicted from all 15 subsets")
     bench.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     bench.set_defaults(func=run_benchmark)

@@ -25,6 +25,7 @@ from mmhvae.model.mmhvae import MMHVAE
 from mmhvae.model_file import LoadedModel, load_model_file
 
 DEFAULT_TEMPERATURE = 0.5
+PRECISIONS = ("auto", "fp32", "bf16")
 # Decoding rows per pass, as a pixel budget: large batches of 192x192 activations overflow the CPU caches and
 # made one 15-subset run slower than 15 single runs (benchmark); 64x64 still gets 32 rows at once.
 DECODE_PIXELS_PER_PASS = 32 * 64 * 64
@@ -39,6 +40,20 @@ class Synthesis:
     std: np.ndarray | None
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" is bf16 autocast on CUDA and float32 on CPU (exact, and the reference for evaluation)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision '{precision}' ({', '.join(PRECISIONS)})")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The networks' precision: bf16 autocast (convolutions and matrix products in bf16) or plain float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available on this machine")
@@ -51,10 +66,11 @@ def resolve_device(device: str) -> torch.device:
 @torch.inference_mode()
 def synthesise(model: MMHVAE, prepared: PreparedSubject, subsets: Sequence[Subset], temperature: float =
                DEFAULT_TEMPERATURE, samples: int = 1, slice_batch: int = 8, max_rows: int | None = None,
-               generator_seed: int | None = 0) -> list[Synthesis]:
+               generator_seed: int | None = 0, precision: str = "fp32") -> list[Synthesis]:
     """Every modality from each subset in `subsets`, for every foreground slice of `prepared`.
 
     Slices without foreground stay at background (-1). Deterministic for a given `generator_seed`.
+    precision "bf16" runs the networks under bf16 autocast (fast on GPUs and on CPUs with bf16 units).
     """
     modalities = ModalitySet(tuple(model.config.modalities))
     device = next(model.parameters()).device
@@ -73,7 +89,8 @@ def synthesise(model: MMHVAE, prepared: PreparedSubject, subsets: Sequence[Subse
     for start in range(0, len(prepared.slices), slice_batch):
         ks = prepared.slices[start:start + slice_batch]
         x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(prepared.inputs[..., ks], -1, 0))).to(device)
-        features = model.encode(x, present.expand(len(ks), n_mod))
+        with autocast(device, precision):
+            features = model.encode(x, present.expand(len(ks), n_mod))
         # rows: for each subset, for each sample, every slice of the chunk
         subset_of_row = torch.arange(n_sub, device=device).repeat_interleave(samples * len(ks))
         slice_of_row = torch.arange(len(ks), device=device).repeat(n_sub * samples)
@@ -81,8 +98,9 @@ def synthesise(model: MMHVAE, prepared: PreparedSubject, subsets: Sequence[Subse
         rows_per_pass = max_rows or max(1, DECODE_PIXELS_PER_PASS // (shape[1] * shape[2]))
         for lo in range(0, len(slice_of_row), rows_per_pass):
             rows = slice(lo, lo + rows_per_pass)
-            out = model.decode(features.index(slice_of_row[rows]), masks[subset_of_row[rows]], temperature,
-                               generator=generator)
+            with autocast(device, precision):
+                out = model.decode(features.index(slice_of_row[rows]), masks[subset_of_row[rows]], temperature,
+                                   generator=generator)
             images.append(out.images.float().cpu())
         images = torch.cat(images).view(n_sub, samples, len(ks), n_mod, *shape[1:3]).double().numpy()
         sums[..., ks] = np.moveaxis(images.sum(axis=1), 1, -1)
@@ -129,12 +147,13 @@ def prepare_for_model(subject: Subject, loaded: LoadedModel, inputs: Subset | No
 
 
 def predict_subject(loaded: LoadedModel, subject: Subject, out_dir: Path, inputs: Subset | None = None,
-                    temperature: float = DEFAULT_TEMPERATURE, samples: int = 1, slice_batch: int = 8) -> list[Path]:
+                    temperature: float = DEFAULT_TEMPERATURE, samples: int = 1, slice_batch: int = 8,
+                    precision: str = "fp32") -> list[Path]:
     """Write OUT/<subject>/<modality>.nii.gz for every modality of the model (and `_std` maps if samples > 1)."""
     modalities = ModalitySet(loaded.modalities)
     prepared = prepare_for_model(subject, loaded, inputs)
     used = modalities.from_indicator(prepared.present.astype(int))
-    (result,) = synthesise(loaded.model, prepared, [used], temperature, samples, slice_batch)
+    (result,) = synthesise(loaded.model, prepared, [used], temperature, samples, slice_batch, precision=precision)
     grid = subject.reference
     fov_fit = prepared.fov
     fov = back_to_grid(fov_fit, grid.shape, fill=False)
@@ -150,13 +169,16 @@ def predict_subject(loaded: LoadedModel, subject: Subject, out_dir: Path, inputs
 
 def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperature: float = DEFAULT_TEMPERATURE,
             samples: int = 1, device: str = "cpu", inputs: str | None = None, overwrite: bool = False,
-            resample_to: str | None = None, nan_to_num: bool = False, strict: bool = False) -> list[Path]:
+            resample_to: str | None = None, nan_to_num: bool = False, strict: bool = False,
+            precision: str = "auto") -> list[Path]:
     """The `mmhvae predict` job over one subject folder or a data folder."""
     if samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
     if temperature < 0:
         raise InputError(f"--temperature must be >= 0, got {temperature}")
-    loaded = load_model_file(model, resolve_device(device))
+    torch_device = resolve_device(device)
+    precision = resolve_precision(precision, torch_device)
+    loaded = load_model_file(model, torch_device)
     if loaded.recorded_temperature is not None and loaded.recorded_temperature != temperature:
         print(f"note: this model's authors ran it at temperature {loaded.recorded_temperature:g}; this run uses "
               f"{temperature:g} (set --temperature to change it)")
@@ -182,7 +204,7 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
     for files in subjects:
         subject = load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num)
         used = ModalitySet(loaded.modalities).ordered(wanted) if wanted else None
-        paths = predict_subject(loaded, subject, out, used, temperature, samples)
+        paths = predict_subject(loaded, subject, out, used, temperature, samples, precision=precision)
         print(f"{files.name}: inputs {subset_label(used or subject.present(ModalitySet(loaded.modalities)))} -> "
               f"{len(paths)} files in {out / files.name}")
         written += paths

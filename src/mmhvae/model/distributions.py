@@ -37,8 +37,11 @@ class Gaussian:
 
     @classmethod
     def from_params(cls, params: torch.Tensor, clamp: float | None = None, dim: int = 1) -> Gaussian:
-        """Split a network output into (mean, log-variance) halves along `dim`, soft-clamping both."""
-        mean, logvar = params.chunk(2, dim=dim)
+        """Split a network output into (mean, log-variance) halves along `dim`, soft-clamping both.
+
+        Always float32: under bf16 autocast the networks run in bf16, but the Gaussian and product-of-experts
+        arithmetic (exponentials of log-variances, precision sums) stays in full precision."""
+        mean, logvar = params.float().chunk(2, dim=dim)
         if clamp is not None:
             mean, logvar = soft_clamp(mean, clamp), soft_clamp(logvar, clamp)
         return cls(mean, logvar)

@@ -436,9 +436,10 @@ class MMHVAE(nn.Module):
                 skips, bottom = self._zero_features(images)
                 if rows.numel() > 0:
                     found_skips, found_bottom = encoder(images[rows, j].unsqueeze(1))
-                    # index_copy (out of place) keeps the scatter differentiable.
-                    skips = [zero.index_copy(0, rows, f) for zero, f in zip(skips, found_skips)]
-                    bottom = bottom.index_copy(0, rows, found_bottom)
+                    # index_copy (out of place) keeps the scatter differentiable; zeros take the features'
+                    # dtype, which autocast may have made bf16.
+                    skips = [zero.to(f.dtype).index_copy(0, rows, f) for zero, f in zip(skips, found_skips)]
+                    bottom = bottom.to(found_bottom.dtype).index_copy(0, rows, found_bottom)
             per_modality_skips.append(skips)
             per_modality_bottom.append(bottom)
         skips_by_level = [torch.stack(level, dim=1) for level in zip(*per_modality_skips)]
@@ -604,10 +605,11 @@ class MMHVAE(nn.Module):
             outputs.append(head(x))
             out_rows.append(r)
             out_cols.append(m)
-        full = skips.new_zeros(batch, num_modalities, out_channels, *spatial)
-        if outputs:
-            full = full.index_put((torch.cat(out_rows), torch.cat(out_cols)), torch.cat(outputs))
-        return full
+        if not outputs:
+            return skips.new_zeros(batch, num_modalities, out_channels, *spatial)
+        values = torch.cat(outputs)  # its dtype, not the skips', under autocast
+        full = values.new_zeros(batch, num_modalities, out_channels, *spatial)
+        return full.index_put((torch.cat(out_rows), torch.cat(out_cols)), values)
 
     @staticmethod
     def _kl(q: Gaussian, p: Gaussian, z: Tensor, mode: str) -> Tensor:
