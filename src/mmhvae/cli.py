@@ -76,7 +76,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     predict(args.model, args.input, args.out, temperature=args.temperature, samples=args.samples,
             device=args.device, inputs=args.inputs, overwrite=args.overwrite, resample_to=args.resample_to,
-            nan_to_num=args.nan_to_num, strict=args.strict, precision=args.precision)
+            nan_to_num=args.nan_to_num, strict=args.strict, precision=args.precision,
+            compile_network=args.compile)
     return 0
 
 
@@ -149,7 +150,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available on this machine")
     report = benchmark(args.configs.split(","), args.methods.split(","), repeats=args.repeats, device=args.device,
-                       depth=args.depth, precision=args.precision)
+                       depth=args.depth, precision=args.precision,
+                       train_batches=tuple(int(b) for b in args.train_batches.split(",") if b))
     print(markdown(report))
     if args.json:
         import json
@@ -304,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     predict.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                          help="network precision: auto = bf16 autocast on CUDA, float32 on CPU")
+    predict.add_argument("--compile", action="store_true",
+                         help="torch.compile the network first (pays off on GPUs and large folders)")
     predict.add_argument("--inputs", default=None, help="use only these present modalities, e.g. t2,us")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.add_argument("--resample-to", metavar="MOD", default=None, help="resample onto this modality's grid")
@@ -382,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                        help="networks in float32 or under bf16 autocast (the GPU default of predict and train)")
     bench.add_argument("--depth", type=int, default=32, help="slices of the slab predicted from all 15 subsets")
+    bench.add_argument("--train-batches", default="4,16", help="batch sizes of the training-step figures")
     bench.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     bench.set_defaults(func=run_benchmark)
 

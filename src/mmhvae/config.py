@@ -65,6 +65,7 @@ class TrainConfig:
     # for about one more forward pass; 0 = off.
     activation_checkpointing: int = 0
     precision: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU
+    compile: bool = False  # torch.compile the convolutional stacks (MMHVAE.compile_blocks): for GPUs
     num_workers: int = 0
     # What is trained (`mmhvae train --method`): mmhvae, or a baseline of Section 4.3-4.4 (model/registry.py).
     method: str = "mmhvae"

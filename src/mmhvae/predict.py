@@ -170,7 +170,7 @@ def predict_subject(loaded: LoadedModel, subject: Subject, out_dir: Path, inputs
 def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperature: float = DEFAULT_TEMPERATURE,
             samples: int = 1, device: str = "cpu", inputs: str | None = None, overwrite: bool = False,
             resample_to: str | None = None, nan_to_num: bool = False, strict: bool = False,
-            precision: str = "auto") -> list[Path]:
+            precision: str = "auto", compile_network: bool = False) -> list[Path]:
     """The `mmhvae predict` job over one subject folder or a data folder."""
     if samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
@@ -179,6 +179,10 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
     torch_device = resolve_device(device)
     precision = resolve_precision(precision, torch_device)
     loaded = load_model_file(model, torch_device)
+    if compile_network:
+        if not hasattr(loaded.model, "compile_blocks"):
+            raise InputError(f"--compile: this {loaded.variant} network cannot be compiled block by block", model)
+        loaded.model.compile_blocks()
     if loaded.recorded_temperature is not None and loaded.recorded_temperature != temperature:
         print(f"note: this model's authors ran it at temperature {loaded.recorded_temperature:g}; this run uses "
               f"{temperature:g} (set --temperature to change it)")

@@ -78,6 +78,8 @@ class MMHVAEModule(pl.LightningModule):
         if train.activation_checkpointing and hasattr(self.model, "recompute_levels"):
             self.model.recompute_levels(train.activation_checkpointing)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        if train.compile and hasattr(self.model, "compile_blocks"):
+            self.model.compile_blocks()  # after the copy: the EMA weights stay a plain module
         self.critics = critics.ModalityCritics(self.modalities.keys)
         self.memory = critics.RealImageMemory(self.modalities.keys, train.memory_size)
         self.memory_generator = torch.Generator().manual_seed(train.seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -344,3 +345,20 @@ def test_activation_checkpointing_keeps_fewer_activations() -> None:
         return count[0]
 
     assert saved_elements(recomputed) < 0.6 * saved_elements(plain)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_blocks_give_the_same_outputs_and_keep_the_state_dict_keys() -> None:
+    torch.manual_seed(0)
+    config = MMHVAEConfig.tiny(image_size=32, num_pool=3, latent_channels=(2, 4, 4), global_latent=8,
+                               base_features=4, max_features=8, decoder_blocks=1)
+    plain = MMHVAE(config).eval()
+    compiled = copy.deepcopy(plain).compile_blocks()
+    images = torch.randn(2, 4, 32, 32)
+    present = torch.tensor([[1, 1, 0, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        expected = plain(images, present, sample=False).images
+        got = compiled(images, present, sample=False).images
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert list(compiled.state_dict()) == list(plain.state_dict())
