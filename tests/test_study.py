@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -104,6 +106,21 @@ def test_ablate_reuses_the_page_runs_and_writes_table_ii(benchmark_page, small_c
         rows = list(csv.DictReader(handle))
     assert {r["method"] for r in rows} == {v.name for v in ablation_variants(load_config(small_config))}
     assert all(np.isfinite(float(r["psnr"])) for r in rows)
+
+
+def test_a_table_i_only_page_with_the_mmgan_learning_rate_check(benchmark_page, tmp_path, capsys):
+    work, _, settings = benchmark_page
+    shutil.copytree(work / "work", tmp_path / "work")  # a copy: the other tests count the original's models
+    capsys.readouterr()
+    page = phantom_benchmark(tmp_path / "work", tmp_path / "page.md",
+                             dataclasses.replace(settings, ablation=False, sensitivity=True))
+    out = capsys.readouterr().out
+    assert out.count("reusing") == 5 and out.count("training") == 1 and "mmgan-lr2e-3: training" in out
+    text = page.read_text()
+    assert "## Table II analogue" not in text and "--no-ablation --sensitivity" in text
+    rows = table_rows(text, "Table I keeps MM-GAN's own.")  # the table follows the section's paragraph
+    assert [r[0] for r in rows] == ["mmhvae", "mmgan", "mmgan-lr2e-3"]
+    assert all(re.search(r"\d", c) for r in rows for c in r[1:])
 
 
 def test_paper_groups_map_onto_smaller_hierarchies():
