@@ -169,3 +169,14 @@ def test_info_compares_the_cost_of_every_method(capsys):
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("| ")][1:]
     assert [line.split("|")[1].strip() for line in table] == ["mmhvae", "mopoe", "average", "concat-zeros", "mmgan"]
+
+
+def test_speed_only_settings_do_not_change_the_run_folder():
+    from mmhvae.study import config_digest
+
+    run = load_config("tiny")
+    before = config_digest(run)
+    run.train.compile = True
+    assert config_digest(run) == before
+    run.train.lr = 1e-3
+    assert config_digest(run) != before

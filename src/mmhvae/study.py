@@ -119,8 +119,15 @@ def ablation_variants(base: RunConfig) -> list[Variant]:
 # ----------------------------------------------------------------------------------------------------
 
 
+# Training settings that change how fast a run goes, not what it learns: left out of the run-folder digest, so
+# that adding one does not orphan the finished runs of earlier versions.
+SPEED_ONLY_TRAIN_SETTINGS = ("compile",)
+
+
 def config_digest(run: RunConfig) -> str:
-    return hashlib.sha256(json.dumps(run.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    settings = run.to_dict()
+    settings["train"] = {k: v for k, v in settings["train"].items() if k not in SPEED_ONLY_TRAIN_SETTINGS}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def train_variant(variant: Variant, data: Path, runs: Path, base: RunConfig, max_steps: int,
