@@ -120,7 +120,7 @@ def _update(instance: Any, values: dict[str, Any], section: str, source: str) ->
     names = {f.name for f in dataclasses.fields(instance)}
     for key, value in values.items():
         if key not in names:
-            raise InputError(f"unknown field '{section}.{key}' (known: {', '.join(sorted(names))})", source)
+            raise InputError(f"unknown field {f'{section}.{key}'!r} (known: {', '.join(sorted(names))})", source)
         if not _accepts(hints[key], value):
             raise InputError(f"field '{section}.{key}' has the wrong type: {value!r} (expected {hints[key]})", source)
     merged = dataclasses.asdict(instance) | values
