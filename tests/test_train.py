@@ -323,6 +323,22 @@ def test_mmgan_resume_continues_at_the_same_step_with_the_same_losses(cohort, co
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_a_method_recipe_applies_on_switching_and_never_over_a_config_s_own_values(tmp_path):
+    from mmhvae.config import load_config, save_config
+    from mmhvae.train import with_method
+
+    switched = with_method(load_config("tiny"), "mmgan")  # --method mmgan on the tiny preset
+    assert (switched.train.lr, switched.train.lr_final, switched.train.image_loss) == (2e-4, 2e-4, "l1")
+    own = tmp_path / "own.yaml"
+    own.write_text("base: tiny\ntrain:\n  method: mmgan\n  lr: 0.001\n")
+    run = load_config(own)  # the recipe fills what the file leaves out; the file's lr wins
+    assert (run.train.lr, run.train.lr_final, run.train.critic_lr, run.train.gan_start) == (1e-3, 2e-4, 2e-4, 0.0)
+    assert with_method(run, "mmgan").train == run.train  # naming the same method again changes nothing
+    saved = tmp_path / "saved.yaml"
+    save_config(run, saved)  # a run folder's config (no base) reloads as written
+    assert load_config(saved).train == run.train
+
+
 def test_methods_in_config_files_and_bad_methods(cohort, config_file, tmp_path):
     from mmhvae.config import load_config
     from mmhvae.model.mmgan import MMGANConfig

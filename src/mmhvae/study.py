@@ -62,7 +62,7 @@ class Variant:
 
 BASELINES = tuple(Variant(method, method) for method in METHODS)
 
-# A check that MM-GAN is not handicapped by its own recipe (Adam at a constant 2e-4, train.METHOD_TRAIN_OVERRIDES)
+# A check that MM-GAN is not handicapped by its own recipe (Adam at a constant 2e-4, registry.METHOD_TRAIN_RECIPES)
 # at CPU budgets: the same baseline at MMHVAE's learning-rate schedule (2e-3, cosine to 1e-4).
 MMGAN_AT_OUR_LR = Variant("mmgan-lr2e-3", "mmgan", train={"lr": 2e-3, "lr_final": 1e-4})
 

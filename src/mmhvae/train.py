@@ -37,7 +37,7 @@ from mmhvae.io import SubjectFiles
 from mmhvae.modalities import ModalitySet, SubsetSampler
 from mmhvae.model import critic as critics
 from mmhvae.model.mmgan import MMGAN
-from mmhvae.model.registry import build_network, network_config_for_method
+from mmhvae.model.registry import METHOD_TRAIN_RECIPES, build_network, network_config_for_method
 from mmhvae.model_file import save_model_file
 
 MODEL_FILE = "model.pt"
@@ -439,22 +439,18 @@ def build_trainer(out: Path, run: RunConfig, devices: int = 1, nodes: int = 1, a
     )
 
 
-# Training recipe of a method where it differs from MMHVAE's, set when its run is created. MM-GAN (Sharma &
-# Hamarneh 2019, their code): L1 with weight 0.9 and LSGAN with weight 0.1 from the first step, Adam at a
-# constant 2e-4 for generator and critic.
-METHOD_TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {
-    "mmgan": {"image_loss": "l1", "gan_weight": 0.1, "gan_start": 0.0, "lr": 2e-4, "lr_final": 2e-4,
-              "critic_lr": 2e-4},
-}
-
-
 def with_method(run: RunConfig, method: str) -> RunConfig:
-    """The run configuration of `method` (model/registry.py): its network and its training recipe."""
+    """The run configuration of `method` (model/registry.py): its network and its training recipe.
+
+    The recipe (registry.METHOD_TRAIN_RECIPES) is applied only when `run` is switched to another method (as
+    `--method` does). A config that already names `method` is taken as written (config.from_mapping gave it
+    the recipe under its own values), so a saved run's or a study variant's settings are never overwritten."""
     try:
         model = network_config_for_method(method, run.model)
     except ValueError as exc:
         raise InputError(f"--method {method}: {exc}") from None
-    train = replace(run.train, method=method, **METHOD_TRAIN_OVERRIDES.get(method, {}))
+    recipe = METHOD_TRAIN_RECIPES.get(method, {}) if method != run.train.method else {}
+    train = replace(run.train, method=method, **recipe)
     return RunConfig(model, run.data, train)
 
 

@@ -31,6 +31,15 @@ MMHVAE_VARIANT = "mmhvae"
 
 METHODS = ("mmhvae", "mopoe", "average", "concat-zeros", "mmgan")
 
+# Training recipe of a method where it differs from MMHVAE's, applied where a configuration switches to the
+# method (config.from_mapping, train.with_method); values a config file sets itself win. MM-GAN (Sharma &
+# Hamarneh 2019, their code): L1 with weight 0.9 and LSGAN with weight 0.1 from the first step, Adam at a
+# constant 2e-4 for generator and critic.
+METHOD_TRAIN_RECIPES: dict[str, dict[str, Any]] = {
+    "mmgan": {"image_loss": "l1", "gan_weight": 0.1, "gan_start": 0.0, "lr": 2e-4, "lr_final": 2e-4,
+              "critic_lr": 2e-4},
+}
+
 # The MMHVAE-family methods as overrides of an MMHVAE configuration.
 MMHVAE_METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "mmhvae": {},
