@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mmhvae.cli import main
@@ -19,6 +21,15 @@ def test_presets_follow_the_paper_and_the_cpu_setting():
     assert paper.train.gan_start == 0.8 and paper.train.mixture == "paper" and paper.train.image_loss == "l2"
     tiny = load_config("tiny")
     assert tiny.model.image_size == 64 and tiny.data.image_size == 64
+
+
+def test_the_lean_cpu_paper_config_changes_only_speed_settings():
+    lean = load_config(Path(__file__).parents[1] / "configs" / "paper-cpu.yaml")
+    paper = load_config("paper")
+    assert (lean.train.precision, lean.train.activation_checkpointing) == ("bf16-mixed", 6)
+    assert lean.model == paper.model and lean.data == paper.data
+    lean.train.precision, lean.train.activation_checkpointing = paper.train.precision, 0
+    assert lean.train == paper.train
 
 
 def test_yaml_overrides_a_base_and_round_trips(tmp_path):
