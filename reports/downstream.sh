@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the downstream pages of reports/ (Tables III-IV, Figs. 4-5 analogues) on phantom cohorts:
-#   bash reports/downstream.sh [REPORT_WORK] [DOWNSTREAM_WORK]
+#   bash reports/downstream.sh [REPORT_WORK] [DOWNSTREAM_WORK] [STEPS]
 # REPORT_WORK is the --work folder of `mmhvae report phantom-benchmark` (default runs/report): its trained
-# models (every method, one training budget) are the synthesis methods compared here. Cohorts, networks and
+# models (every method, trained STEPS steps, default 300) are the synthesis methods compared here. Cohorts, networks and
 # raw results go to DOWNSTREAM_WORK (default runs/downstream); the pages to reports/. A step whose results
 # are already in DOWNSTREAM_WORK is not run again (delete them to recompute).
 set -euo pipefail
@@ -10,11 +10,16 @@ cd "$(dirname "$0")/.."
 WORK=${1:-runs/report}
 OUT=${2:-runs/downstream}
 M=.venv/bin/mmhvae
+STEPS=${3:-300}  # the training budget whose models are compared (REPORT_WORK may hold several)
 models=()
 for method in mmhvae mopoe average concat-zeros mmgan; do
-  models+=("$(ls "$WORK"/runs/"$method"-*/model.pt | head -1)")
+  # A method's own run folders are METHOD-<8-character digest>; variants (mmgan-lr2e-3-...) do not match.
+  model=$(grep -l "^  max_steps: $STEPS\$" "$WORK"/runs/"$method"-????????/config.yaml | head -1)
+  [ -n "$model" ] || { echo "no $method run of $STEPS steps in $WORK/runs" >&2; exit 2; }
+  models+=("$(dirname "$model")/model.pt")
 done
 mkdir -p "$OUT"
+DEMO_STEPS="8,000"  # models/README.md: the shipped model's three training stages
 
 simulate() {  # folder, then simulate flags; an existing cohort is reused
   local folder=$1; shift
@@ -35,13 +40,13 @@ mkdir -p "$OUT/registration-data"
 for s in sub-000 sub-001 sub-002 sub-003; do ln -sfn "$(realpath "$OUT/us-test/$s")" "$OUT/registration-data/$s"; done
 cmd="$M register --experiment --data $OUT/registration-data --model ${models[*]} --displacements 5 --out $OUT/registration --overwrite"
 [ -f "$OUT/registration/registration.md" ] || eval "$cmd"
-# The same with the shipped demo model (MMHVAE trained 4,600 steps instead of 300) on the first 2 subjects:
+# The same with the shipped demo model (MMHVAE trained $DEMO_STEPS steps instead of 300) on the first 2 subjects:
 # how much the synthesis quality matters for registration.
 mkdir -p "$OUT/registration-data-2"
 for s in sub-000 sub-001; do ln -sfn "$(realpath "$OUT/us-test/$s")" "$OUT/registration-data-2/$s"; done
 cmd2="$M register --experiment --data $OUT/registration-data-2 --model models/phantom-tiny.pt --displacements 5 --out $OUT/registration-demo --overwrite"
 [ -f "$OUT/registration-demo/registration.md" ] || eval "$cmd2"
-{ cat "$OUT/registration/registration.md"; echo; echo "## With the shipped demo model (4,600 training steps), 2 subjects"; echo;
+{ cat "$OUT/registration/registration.md"; echo; echo "## With the shipped demo model ($DEMO_STEPS training steps), 2 subjects"; echo;
   echo "\`$cmd2\`"; echo; sed '1,/^## t2/{/^## t2/!d}' "$OUT/registration-demo/registration.md" | sed 's/^## /### /'; } > "$OUT/registration-body.md"
 page reports/registration.md "Registration downstream task (Table III analogue)" "$cmd" "$OUT/registration-body.md"
 
