@@ -62,7 +62,7 @@ def fig3_grid(png: Path, slices: dict[str, np.ndarray], ground_truth: np.ndarray
             if j == 0:
                 ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / fig.get_figheight()))  # room for the title above the columns' keys
     with atomic_path(png) as tmp:
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
