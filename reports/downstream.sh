@@ -2,8 +2,8 @@
 # Regenerates the downstream pages of reports/ (Tables III-IV, Figs. 4-5 analogues) on phantom cohorts:
 #   bash reports/downstream.sh [REPORT_WORK] [DOWNSTREAM_WORK] [STEPS]
 # REPORT_WORK is the --work folder of `mmhvae report phantom-benchmark` (default runs/report): its trained
-# models (every method, trained STEPS steps, default 300) are the synthesis methods compared here. Cohorts, networks and
-# raw results go to DOWNSTREAM_WORK (default runs/downstream); the pages to reports/. A step whose results
+# models (every method, trained STEPS steps, default 300) are the synthesis methods compared here. Cohorts,
+# networks and raw results go to DOWNSTREAM_WORK (default runs/downstream); the pages to reports/. A step whose results
 # are already in DOWNSTREAM_WORK is not run again (delete them to recompute).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -23,7 +23,7 @@ from mmhvae.files import write_text_atomic
 from mmhvae.model.mmgan import VARIANT as MMGAN_VARIANT
 from mmhvae.model.mmgan import MMGANConfig
 from mmhvae.model.mmhvae import MMHVAEConfig
-from mmhvae.model.registry import METHOD_TRAIN_RECIPES, METHODS
+from mmhvae.model.registry import METHODS, recipe_on_switch
 
 PRESETS = ("tiny", "paper")
 
@@ -174,9 +174,8 @@ def from_mapping(values: Any, source: str, base: RunConfig) -> RunConfig:
         train = dataclasses.replace(train, method="mmgan")  # the model section says what is trained
     if train.method == "mmgan" and isinstance(model, MMHVAEConfig):
         model = MMGANConfig.like(model)  # an MM-GAN on the same grid, of comparable size
-    if train.method != base.train.method:  # the file switches method: its recipe, under the file's own values
-        recipe = {k: v for k, v in METHOD_TRAIN_RECIPES.get(train.method, {}).items() if k not in train_values}
-        train = dataclasses.replace(train, **recipe)
+    # A file that switches method gets the method's recipe, under the values it sets itself.
+    train = dataclasses.replace(train, **recipe_on_switch(base.train.method, train.method, keep=train_values))
     if tuple(data.modalities) != tuple(model.modalities):
         data = dataclasses.replace(data, modalities=tuple(model.modalities))
     if data.image_size != model.image_size:  # slices are fitted to the model's grid

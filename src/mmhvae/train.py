@@ -37,7 +37,7 @@ from mmhvae.io import SubjectFiles
 from mmhvae.modalities import ModalitySet, SubsetSampler
 from mmhvae.model import critic as critics
 from mmhvae.model.mmgan import MMGAN
-from mmhvae.model.registry import METHOD_TRAIN_RECIPES, build_network, network_config_for_method
+from mmhvae.model.registry import build_network, network_config_for_method, recipe_on_switch
 from mmhvae.model_file import save_model_file
 
 MODEL_FILE = "model.pt"
@@ -449,8 +449,7 @@ def with_method(run: RunConfig, method: str) -> RunConfig:
         model = network_config_for_method(method, run.model)
     except ValueError as exc:
         raise InputError(f"--method {method}: {exc}") from None
-    recipe = METHOD_TRAIN_RECIPES.get(method, {}) if method != run.train.method else {}
-    train = replace(run.train, method=method, **recipe)
+    train = replace(run.train, method=method, **recipe_on_switch(run.train.method, method))
     return RunConfig(model, run.data, train)
 
 

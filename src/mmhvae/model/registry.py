@@ -16,7 +16,7 @@ Methods (Section 4.3 baselines, Section 4.4.2 ablations) are MMHVAE configuratio
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from torch import nn
@@ -39,6 +39,14 @@ METHOD_TRAIN_RECIPES: dict[str, dict[str, Any]] = {
     "mmgan": {"image_loss": "l1", "gan_weight": 0.1, "gan_start": 0.0, "lr": 2e-4, "lr_final": 2e-4,
               "critic_lr": 2e-4},
 }
+
+
+def recipe_on_switch(previous: str, method: str, keep: Collection[str] = ()) -> dict[str, Any]:
+    """The training settings a switch from method `previous` to `method` brings (none when it is no switch),
+    leaving out the settings named in `keep` (those a config file sets itself)."""
+    if method == previous:
+        return {}
+    return {k: v for k, v in METHOD_TRAIN_RECIPES.get(method, {}).items() if k not in keep}
 
 # The MMHVAE-family methods as overrides of an MMHVAE configuration.
 MMHVAE_METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
