@@ -86,6 +86,20 @@ def test_batched_subsets_equal_separate_runs(model_file, tmp_path):
         np.testing.assert_allclose(joint.mean, alone.mean, atol=1e-5)
 
 
+def test_all_subsets_writes_one_folder_per_subset_equal_to_its_own_run(model_file, tmp_path):
+    folder = phantom_subject(tmp_path / "s", ("us", "t2", "t1c"))
+    written = predict(model_file, folder, tmp_path / "all", temperature=0.0, all_subsets=True)
+    labels = sorted(p.name for p in (tmp_path / "all" / folder.name).iterdir())
+    assert labels == sorted(["us", "t2", "t1c", "us+t2", "us+t1c", "t2+t1c", "us+t2+t1c"])
+    assert len(written) == 7 * len(SMALL.modalities)
+    for inputs in ("us", "us+t2+t1c"):  # with the ultrasound in, the FOV is the same as in the joint run
+        predict(model_file, folder, tmp_path / inputs, temperature=0.0, inputs=inputs.replace("+", ","))
+        for key in SMALL.modalities:
+            alone = nib.load(str(tmp_path / inputs / folder.name / f"{key}.nii.gz")).get_fdata()
+            joint = nib.load(str(tmp_path / "all" / folder.name / inputs / f"{key}.nii.gz")).get_fdata()
+            np.testing.assert_allclose(joint, alone, atol=1e-4, err_msg=f"{inputs} -> {key}")
+
+
 def test_bf16_autocast_stays_close_to_float32(model_file, tmp_path):
     loaded = load_model_file(model_file)
     folder = phantom_subject(tmp_path / "s", ("us", "t2", "t1c"))

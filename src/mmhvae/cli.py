@@ -77,7 +77,7 @@ def run_predict(args: argparse.Namespace) -> int:
     predict(args.model, args.input, args.out, temperature=args.temperature, samples=args.samples,
             device=args.device, inputs=args.inputs, overwrite=args.overwrite, resample_to=args.resample_to,
             nan_to_num=args.nan_to_num, strict=args.strict, precision=args.precision,
-            compile_network=args.compile)
+            compile_network=args.compile, all_subsets=args.all_subsets)
     return 0
 
 
@@ -309,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--compile", action="store_true",
                          help="torch.compile the network first (pays off on GPUs and large folders)")
     predict.add_argument("--inputs", default=None, help="use only these present modalities, e.g. t2,us")
+    predict.add_argument("--all-subsets", action="store_true",
+                         help="predict from every non-empty subset of the inputs in one batched run: "
+                              "OUT/<subject>/<subset>/<modality>.nii.gz")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.add_argument("--resample-to", metavar="MOD", default=None, help="resample onto this modality's grid")
     predict.add_argument("--nan-to-num", action="store_true", help="replace NaN/inf voxels instead of refusing")

@@ -20,7 +20,7 @@ from mmhvae.data.dataset import PreparedSubject, centre_pad_crop, prepare_subjec
 from mmhvae.errors import InputError
 from mmhvae.import_authors import prepare_subject_authors
 from mmhvae.io import Subject, discover_subjects, load_subject, write_volume
-from mmhvae.modalities import ModalitySet, Subset, parse_modality_list, subset_label
+from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, parse_modality_list, subset_label
 from mmhvae.model.mmhvae import MMHVAE
 from mmhvae.model_file import LoadedModel, load_model_file
 
@@ -148,30 +148,39 @@ def prepare_for_model(subject: Subject, loaded: LoadedModel, inputs: Subset | No
 
 def predict_subject(loaded: LoadedModel, subject: Subject, out_dir: Path, inputs: Subset | None = None,
                     temperature: float = DEFAULT_TEMPERATURE, samples: int = 1, slice_batch: int = 8,
-                    precision: str = "fp32") -> list[Path]:
-    """Write OUT/<subject>/<modality>.nii.gz for every modality of the model (and `_std` maps if samples > 1)."""
+                    precision: str = "fp32", all_subsets: bool = False) -> list[Path]:
+    """Write OUT/<subject>/<modality>.nii.gz for every modality of the model (and `_std` maps if samples > 1).
+
+    With `all_subsets`, every non-empty subset of the used modalities is an input set of its own, all decoded in
+    one batched run (each modality encoded once), written to OUT/<subject>/<subset>/<modality>.nii.gz. The
+    subject is prepared once, as `evaluate` does for Table I: an MR-only subset still sees its images cropped to
+    the ultrasound FOV of the subject, where a separate `--inputs t2` run without the ultrasound would not crop.
+    """
     modalities = ModalitySet(loaded.modalities)
     prepared = prepare_for_model(subject, loaded, inputs)
     used = modalities.from_indicator(prepared.present.astype(int))
-    (result,) = synthesise(loaded.model, prepared, [used], temperature, samples, slice_batch, precision=precision)
+    subsets = non_empty_subsets(used) if all_subsets else [used]
+    results = synthesise(loaded.model, prepared, subsets, temperature, samples, slice_batch, precision=precision)
     grid = subject.reference
     fov_fit = prepared.fov
     fov = back_to_grid(fov_fit, grid.shape, fill=False)
     written = []
-    for j, key in enumerate(modalities):
-        mean = back_to_grid(to_intensities(result.mean[j], fov_fit), grid.shape, fill=0.0)
-        written.append(write_volume(out_dir / subject.name / f"{key}.nii.gz", np.where(fov, mean, 0.0), grid))
-        if result.std is not None:
-            std = back_to_grid(result.std[j] / 2.0, grid.shape, fill=0.0)  # std on the intensity scale t
-            written.append(write_volume(out_dir / subject.name / f"{key}_std.nii.gz", np.where(fov, std, 0.0), grid))
+    for result in results:
+        folder = out_dir / subject.name / subset_label(result.subset) if all_subsets else out_dir / subject.name
+        for j, key in enumerate(modalities):
+            mean = back_to_grid(to_intensities(result.mean[j], fov_fit), grid.shape, fill=0.0)
+            written.append(write_volume(folder / f"{key}.nii.gz", np.where(fov, mean, 0.0), grid))
+            if result.std is not None:
+                std = back_to_grid(result.std[j] / 2.0, grid.shape, fill=0.0)  # std on the intensity scale t
+                written.append(write_volume(folder / f"{key}_std.nii.gz", np.where(fov, std, 0.0), grid))
     return written
 
 
 def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperature: float = DEFAULT_TEMPERATURE,
             samples: int = 1, device: str = "cpu", inputs: str | None = None, overwrite: bool = False,
             resample_to: str | None = None, nan_to_num: bool = False, strict: bool = False,
-            precision: str = "auto", compile_network: bool = False) -> list[Path]:
-    """The `mmhvae predict` job over one subject folder or a data folder."""
+            precision: str = "auto", compile_network: bool = False, all_subsets: bool = False) -> list[Path]:
+    """The `mmhvae predict` job over one subject folder or a data folder (`all_subsets`: see predict_subject)."""
     if samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
     if temperature < 0:
@@ -208,8 +217,10 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
     for files in subjects:
         subject = load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num)
         used = ModalitySet(loaded.modalities).ordered(wanted) if wanted else None
-        paths = predict_subject(loaded, subject, out, used, temperature, samples, precision=precision)
-        print(f"{files.name}: inputs {subset_label(used or subject.present(ModalitySet(loaded.modalities)))} -> "
+        paths = predict_subject(loaded, subject, out, used, temperature, samples, precision=precision,
+                                all_subsets=all_subsets)
+        label = subset_label(used or subject.present(ModalitySet(loaded.modalities)))
+        print(f"{files.name}: inputs {'every subset of ' if all_subsets else ''}{label} -> "
               f"{len(paths)} files in {out / files.name}")
         written += paths
     return written
