@@ -19,10 +19,10 @@ from mmhvae.data.dataset import load_prepared
 from mmhvae.errors import InputError
 from mmhvae.evaluate import evaluate_subject, markdown_table
 from mmhvae.files import atomic_path, write_text_atomic
-from mmhvae.io import discover_subjects, load_subject, write_volume
+from mmhvae.io import discover_subjects, load_subject
 from mmhvae.modalities import subset_label
 from mmhvae.model_file import load_model_file
-from mmhvae.predict import back_to_grid, to_intensities
+from mmhvae.predict import write_synthesis
 
 DEMO_SEED = 9_000  # the shipped model was trained on seeds < 1000 (models/README.md)
 SHIPPED_MODEL = "models/phantom-tiny.pt"
@@ -84,13 +84,9 @@ def run_demo(out: str | Path = "demo-output", model: str | Path | None = None, s
     prepared = load_prepared(files, loaded.preprocess)
     print(f"2/3 predicting every modality from all {2 ** len(modalities) - 1} input subsets of {files.name}")
     rows, predictions = evaluate_subject(loaded, prepared, "mmhvae", with_lpips=False)
-    subject = load_subject(files, modalities)
-    grid = subject.reference
-    fov = back_to_grid(prepared.fov, grid.shape, fill=False)
+    grid = load_subject(files, modalities).reference
     for subset, images in predictions.items():
-        for j, key in enumerate(modalities):
-            volume = back_to_grid(to_intensities(images[j], prepared.fov), grid.shape, fill=0.0)
-            write_volume(out / "predictions" / subset_label(subset) / f"{key}.nii.gz", np.where(fov, volume, 0), grid)
+        write_synthesis(out / "predictions" / subset_label(subset), modalities, images, None, prepared.fov, grid)
     k = int(prepared.slices[len(prepared.slices) // 2])
     fig3_grid(out / "fig3.png", {subset_label(s): p[..., k] for s, p in predictions.items()},
               prepared.targets[..., k], prepared.fov[..., k], modalities,

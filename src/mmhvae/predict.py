@@ -19,7 +19,7 @@ from mmhvae.data import harmonize
 from mmhvae.data.dataset import PreparedSubject, centre_pad_crop, prepare_subject
 from mmhvae.errors import InputError
 from mmhvae.import_authors import prepare_subject_authors
-from mmhvae.io import Subject, discover_subjects, load_subject, write_volume
+from mmhvae.io import Subject, Volume, discover_subjects, load_subject, write_volume
 from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, parse_modality_list, subset_label
 from mmhvae.model.mmhvae import MMHVAE
 from mmhvae.model_file import LoadedModel, load_model_file
@@ -161,18 +161,25 @@ def predict_subject(loaded: LoadedModel, subject: Subject, out_dir: Path, inputs
     used = modalities.from_indicator(prepared.present.astype(int))
     subsets = non_empty_subsets(used) if all_subsets else [used]
     results = synthesise(loaded.model, prepared, subsets, temperature, samples, slice_batch, precision=precision)
-    grid = subject.reference
-    fov_fit = prepared.fov
-    fov = back_to_grid(fov_fit, grid.shape, fill=False)
     written = []
     for result in results:
         folder = out_dir / subject.name / subset_label(result.subset) if all_subsets else out_dir / subject.name
-        for j, key in enumerate(modalities):
-            mean = back_to_grid(to_intensities(result.mean[j], fov_fit), grid.shape, fill=0.0)
-            written.append(write_volume(folder / f"{key}.nii.gz", np.where(fov, mean, 0.0), grid))
-            if result.std is not None:
-                std = back_to_grid(result.std[j] / 2.0, grid.shape, fill=0.0)  # std on the intensity scale t
-                written.append(write_volume(folder / f"{key}_std.nii.gz", np.where(fov, std, 0.0), grid))
+        written += write_synthesis(folder, modalities, result.mean, result.std, prepared.fov, subject.reference)
+    return written
+
+
+def write_synthesis(folder: Path, modalities: Sequence[str], mean: np.ndarray, std: np.ndarray | None,
+                    fov: np.ndarray, grid: Volume) -> list[Path]:
+    """<modality>.nii.gz (and <modality>_std.nii.gz) in `folder`, from network-scale [M, H', W', S] arrays on
+    the model grid, back on the subject's grid and header, 0 outside the field of view."""
+    fov_on_grid = back_to_grid(fov, grid.shape, fill=False)
+    written = []
+    for j, key in enumerate(modalities):
+        image = back_to_grid(to_intensities(mean[j], fov), grid.shape, fill=0.0)
+        written.append(write_volume(folder / f"{key}.nii.gz", np.where(fov_on_grid, image, 0.0), grid))
+        if std is not None:
+            spread = back_to_grid(std[j] / 2.0, grid.shape, fill=0.0)  # std on the intensity scale t
+            written.append(write_volume(folder / f"{key}_std.nii.gz", np.where(fov_on_grid, spread, 0.0), grid))
     return written
 
 
