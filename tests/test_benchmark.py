@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from mmhvae.benchmark import benchmark, markdown
+from mmhvae.benchmark import all_subsets_times, benchmark, markdown, method_network
 
 from conftest import SMALL_CONFIG
 
@@ -37,3 +37,17 @@ def test_bf16_benchmark_and_the_remind_epoch_estimate(tmp_path):
     # 70 volumes x 160 slices at batch 2: 5,600 steps of the measured step time
     assert math.isclose(result["remind_epoch_minutes"], 5600 * result["train_step_s"]["2"] / 60)
     assert "precision bf16" in markdown(report)
+
+
+def test_separate_single_subset_runs_encode_only_their_subset(tmp_path):
+    config = tmp_path / "small.yaml"
+    config.write_text(SMALL_CONFIG)
+    model, _ = method_network(str(config), "mmhvae")
+    model.eval()
+    calls = []
+    for encoder in model.encoders:
+        encoder.register_forward_hook(lambda *_: calls.append(1))
+    all_subsets_times(model, depth=2, repeats=1)  # a warm-up and one timed run of each
+    modalities = len(model.config.modalities)
+    encodes_alone = modalities * 2 ** (modalities - 1)  # every modality of every subset: 32 for 4
+    assert len(calls) == 2 * (modalities + encodes_alone)

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,14 +125,19 @@ def slab_subject(model: torch.nn.Module, depth: int):
 
 def all_subsets_times(model: torch.nn.Module, depth: int, repeats: int, precision: str = "fp32"
                       ) -> tuple[float, float]:
-    """(one run over all 2^M - 1 subsets, the same as one run per subset), seconds."""
+    """(one run over all 2^M - 1 subsets, the same as one run per subset), seconds.
+
+    A single-subset run sees only its subset's modalities, as `predict --inputs` does, so it encodes those
+    alone: 32 encoder passes over the 15 runs of 4 modalities, against 4 in the joint run.
+    """
     from mmhvae.predict import synthesise
 
     prepared = slab_subject(model, depth)
-    subsets = non_empty_subsets(ModalitySet(tuple(model.config.modalities)))
+    modalities = ModalitySet(tuple(model.config.modalities))
+    subsets = non_empty_subsets(modalities)
+    alone = [(replace(prepared, present=np.array(modalities.indicator(s), bool)), s) for s in subsets]
     together = median_time(lambda: synthesise(model, prepared, subsets, precision=precision), repeats)
-    separately = median_time(lambda: [synthesise(model, prepared, [s], precision=precision) for s in subsets],
-                             repeats)
+    separately = median_time(lambda: [synthesise(model, p, [s], precision=precision) for p, s in alone], repeats)
     return together, separately
 
 
