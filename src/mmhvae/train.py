@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmhvae.config import RunConfig, from_mapping, load_config, save_config
-from mmhvae.data.dataset import SliceDataModule, cross_validation_split, stratified_folds
+from mmhvae.data.datamodule import SliceDataModule
+from mmhvae.data.dataset import cross_validation_split, stratified_folds
 from mmhvae.errors import InputError
 from mmhvae.io import SubjectFiles
 from mmhvae.modalities import ModalitySet, SubsetSampler

@@ -4,14 +4,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmhvae.data.dataset import (
     PatternBatchSampler,
     PreprocessConfig,
-    SliceDataModule,
     SliceDataset,
     centre_pad_crop,
     fold_split,
@@ -122,21 +120,3 @@ def test_folds_are_disjoint_balanced_and_stratified(counts, k, seed):
         assert max(per_fold) - min(per_fold) <= 1  # stratified: each pattern spread evenly
         if n >= k:
             assert min(per_fold) >= 1  # every input combination in every test fold
-
-
-def test_data_module_yields_pattern_batches(cohort, tmp_path):
-    config = PreprocessConfig(image_size=16)
-    module = SliceDataModule(cohort, config, batch_size=4, batches_per_epoch=12, folds=2, test_fold=1,
-                             val_subjects=["sub00"], cache_dir=tmp_path)
-    module.setup("fit")
-    train, val, test = module.split()
-    names = lambda files: {f.name for f in files}  # noqa: E731
-    assert not (names(train) & names(test)) and not (names(val) & names(test))
-    assert names(val) <= {"sub00"} and len(test) == 4
-    batches = list(module.train_dataloader())
-    assert len(batches) == 12
-    for batch in batches:
-        assert batch["inputs"].shape == (4, 4, 16, 16) and batch["inputs"].dtype == torch.float32
-        assert (batch["present"] == batch["present"][0]).all()
-        missing = ~batch["present"][0]
-        assert torch.all(batch["inputs"][:, missing] == -1)
