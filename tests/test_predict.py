@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -168,3 +171,10 @@ def test_every_bad_input_exits_2_with_one_line_and_writes_nothing(model_file, tm
         lines = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and expected in lines[0], (name, lines)
         assert not out.exists(), f"{name}: something was written"
+
+
+def test_inference_does_not_import_lightning():
+    # Lightning costs seconds of start-up in every `mmhvae predict` process and inference never needs it.
+    code = "import sys, mmhvae.predict, mmhvae.evaluate; print(any(m.startswith('lightning') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"
