@@ -14,6 +14,7 @@ from mmhvae.modalities import (
     mixture_distribution,
     non_empty_subsets,
     parse_modality_list,
+    subset_from_code,
 )
 
 PAPER = ModalitySet(("us", "t2", "t1c", "flair"))
@@ -52,6 +53,17 @@ def test_subset_enumeration_counts(m):
     subsets = non_empty_subsets(keys)
     assert len(subsets) == 2**m - 1
     assert all(s and set(s) <= set(keys) for s in subsets)
+
+
+
+def test_subset_codes_enumerate_every_non_empty_subset_once():
+    keys = ("us", "t2", "t1c")
+    assert subset_from_code(keys, 0b101) == ("us", "t1c")
+    decoded = [subset_from_code(keys, code) for code in range(1, 8)]
+    assert sorted(decoded) == sorted(non_empty_subsets(keys))
+    for bad in (0, 8):
+        with pytest.raises(ValueError):
+            subset_from_code(keys, bad)
 
 
 observed_sets = st.lists(st.sampled_from(CANONICAL_KEYS), min_size=1, max_size=6, unique=True).map(

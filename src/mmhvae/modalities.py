@@ -116,6 +116,14 @@ def non_empty_subsets(keys: Sequence[str]) -> list[Subset]:
     return [c for size in range(1, len(keys) + 1) for c in itertools.combinations(keys, size)]
 
 
+def subset_from_code(keys: Sequence[str], code: int) -> Subset:
+    """The subset of `keys` whose bit is set in `code` (bit i keeps keys[i]): codes 1 .. 2^n - 1 are the
+    non-empty subsets, so a uniform code is a uniform non-empty subset (MM-GAN's input dropout)."""
+    if not 0 < code < 2 ** len(keys):
+        raise ValueError(f"code {code} is not a non-empty subset of {len(keys)} modalities")
+    return tuple(k for i, k in enumerate(keys) if code >> i & 1)
+
+
 def subset_label(subset: Sequence[str]) -> str:
     """Human-readable label, e.g. 'us+t2'."""
     return "+".join(subset)

@@ -35,7 +35,7 @@ from mmhvae.data.datamodule import SliceDataModule
 from mmhvae.data.dataset import cross_validation_split, stratified_folds
 from mmhvae.errors import InputError
 from mmhvae.io import SubjectFiles
-from mmhvae.modalities import ModalitySet, SubsetSampler
+from mmhvae.modalities import ModalitySet, SubsetSampler, subset_from_code
 from mmhvae.model import critic as critics
 from mmhvae.model.mmgan import MMGAN
 from mmhvae.model.registry import build_network, network_config_for_method, recipe_on_switch
@@ -323,14 +323,10 @@ class MMGANModule(MMHVAEModule):
 
     def draw_subsets(self, present: Tensor) -> Tensor:
         """T input subsets, each uniform over the non-empty subsets of the batch's observed modalities: [T, M]."""
-        observed = present[0].nonzero(as_tuple=True)[0].tolist()
-        # A random code in [1, 2^|observed|) is a uniform non-empty subset: bit i keeps observed[i].
+        observed = self.modalities.from_indicator([int(b) for b in present[0].tolist()])
         codes = self.rng.integers(1, 2 ** len(observed), size=self.run_config.train.passes)
-        subsets = torch.zeros(len(codes), present.shape[1], dtype=torch.bool)
-        for t, code in enumerate(codes.tolist()):
-            for i, j in enumerate(observed):
-                subsets[t, j] = bool(code >> i & 1)
-        return subsets.to(present.device)
+        draws = [subset_from_code(observed, code) for code in codes.tolist()]
+        return torch.tensor([self.modalities.indicator(d) for d in draws], dtype=torch.bool, device=present.device)
 
     def generator_losses(self, batch: dict[str, Tensor], subsets: Tensor) -> dict[str, Tensor]:
         """MM-GAN's generator loss, (1 - w) L1 + w LSGAN, averaged over the batch and the T input subsets."""
