@@ -205,6 +205,7 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
     subjects = discover_subjects(input_dir)
     out = Path(out)
     wanted = parse_modality_list(inputs) if inputs else None
+    used = ModalitySet(loaded.modalities).ordered(wanted) if wanted else None
     for files in subjects:
         unknown = sorted(set(files.modalities) - set(loaded.modalities))
         if strict and unknown:
@@ -219,11 +220,10 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
         # a half-done output folder behind (one subject at a time: memory stays that of the largest).
         for files in subjects:
             prepare_for_model(load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num),
-                              loaded, ModalitySet(loaded.modalities).ordered(wanted) if wanted else None)
+                              loaded, used)
     written = []
     for files in subjects:
         subject = load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num)
-        used = ModalitySet(loaded.modalities).ordered(wanted) if wanted else None
         paths = predict_subject(loaded, subject, out, used, temperature, samples, precision=precision,
                                 all_subsets=all_subsets)
         label = subset_label(used or subject.present(ModalitySet(loaded.modalities)))

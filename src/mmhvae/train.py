@@ -35,7 +35,7 @@ from mmhvae.data.datamodule import SliceDataModule
 from mmhvae.data.dataset import cross_validation_split, stratified_folds
 from mmhvae.errors import InputError
 from mmhvae.io import SubjectFiles
-from mmhvae.modalities import ModalitySet, SubsetSampler, subset_from_code
+from mmhvae.modalities import ModalitySet, Subset, SubsetSampler, subset_from_code
 from mmhvae.model import critic as critics
 from mmhvae.model.mmgan import MMGAN
 from mmhvae.model.registry import build_network, network_config_for_method, recipe_on_switch
@@ -129,10 +129,14 @@ class MMHVAEModule(pl.LightningModule):
     # ----- one step of Algorithm 1 --------------------------------------------------------------------
 
     def draw_subsets(self, present: Tensor) -> Tensor:
-        """T draws r' ~ p_alpha(. | r) for the batch's pattern r, as a [T, M] bool mask (line 10)."""
+        """T input subsets for the batch's pattern r, as a [T, M] bool mask (line 10)."""
         observed = self.modalities.from_indicator([int(b) for b in present[0].tolist()])
-        draws = self.subset_sampler.sample(observed, self.rng, size=self.run_config.train.passes)
+        draws = self.sample_input_subsets(observed, self.run_config.train.passes)
         return torch.tensor([self.modalities.indicator(d) for d in draws], dtype=torch.bool, device=present.device)
+
+    def sample_input_subsets(self, observed: Subset, passes: int) -> list[Subset]:
+        """T draws r' ~ p_alpha(. | r) of the mixture (Eq. 7-8)."""
+        return self.subset_sampler.sample(observed, self.rng, size=passes)
 
     def decode_passes(self, batch: dict[str, Tensor], subsets: Tensor, **decode_options: Any) -> tuple[Any, Tensor]:
         """Encode each present modality once and decode it for each of the T subsets (Algorithm 1, lines 11-13).
@@ -321,12 +325,10 @@ class MMGANModule(MMHVAEModule):
                                                             eta_min=train.lr_final)
         return [generator, critic], [{"scheduler": cosine, "interval": "step"}]
 
-    def draw_subsets(self, present: Tensor) -> Tensor:
-        """T input subsets, each uniform over the non-empty subsets of the batch's observed modalities: [T, M]."""
-        observed = self.modalities.from_indicator([int(b) for b in present[0].tolist()])
-        codes = self.rng.integers(1, 2 ** len(observed), size=self.run_config.train.passes)
-        draws = [subset_from_code(observed, code) for code in codes.tolist()]
-        return torch.tensor([self.modalities.indicator(d) for d in draws], dtype=torch.bool, device=present.device)
+    def sample_input_subsets(self, observed: Subset, passes: int) -> list[Subset]:
+        """T input subsets, each uniform over the non-empty subsets of the batch's observed modalities."""
+        codes = self.rng.integers(1, 2 ** len(observed), size=passes)
+        return [subset_from_code(observed, code) for code in codes.tolist()]
 
     def generator_losses(self, batch: dict[str, Tensor], subsets: Tensor) -> dict[str, Tensor]:
         """MM-GAN's generator loss, (1 - w) L1 + w LSGAN, averaged over the batch and the T input subsets."""
