@@ -116,8 +116,11 @@ def test_resume_continues_at_the_same_step_with_the_same_losses(cohort, config_f
     run = tmp_path / "interrupted"
     train(cohort, run, config_file, max_steps=6, progress=False, stop_at_step=4)
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    first_session = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["mmhvae"]["wall_minutes"]
     train(cohort, run, resume=True, progress=False)
-    assert load_model_file(run / "model.pt").meta["steps"] == 6
+    meta = load_model_file(run / "model.pt").meta
+    assert meta["steps"] == 6
+    assert meta["train_minutes"] > first_session > 0  # the model file counts every session of the run
 
     def losses(folder):
         return {int(float(r["train_step"])): float(r["loss"]) for r in read_log(folder) if r.get("loss")}
@@ -126,9 +129,23 @@ def test_resume_continues_at_the_same_step_with_the_same_losses(cohort, config_f
     assert set(reference) == set(continued) == set(range(6))
     for step in range(6):
         assert continued[step] == pytest.approx(reference[step], rel=1e-4, abs=1e-6), step
-    a, b = load_model_file(straight / "model.pt").model, load_model_file(run / "model.pt").model
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(fixed_input_outputs(run / "model.pt"), fixed_input_outputs(straight / "model.pt"),
+                               rtol=1e-4, atol=1e-5)
+
+
+def fixed_input_outputs(model_file):
+    """Posterior-mean images of a model from every single input and from all inputs, on a fixed random batch.
+
+    Compared instead of the weights: a conv bias right before an instance norm has no effect and an analytic
+    gradient of zero, and Adamax turns that gradient's rounding noise into steps of +-lr, so such biases differ
+    between two runs that compute the same function."""
+    model = load_model_file(model_file).model.eval()
+    m, size = model.num_modalities, model.config.image_size
+    images = torch.rand(m + 1, m, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    present = torch.ones(m + 1, m, dtype=torch.bool)
+    subsets = torch.cat([torch.eye(m, dtype=torch.bool), torch.ones(1, m, dtype=torch.bool)])
+    with torch.no_grad():
+        return model.decode(model.encode(images, present), subsets, temperature=0.0).images
 
 
 def cli_train(*args, env=None):
@@ -258,6 +275,10 @@ def test_init_from_copies_a_model_files_weights_and_refuses_another_architecture
     assert provenance["checksum"] == weights_checksum(expected) and provenance["steps"] == 2
     second = train(cohort, tmp_path / "second", config_file, max_steps=2, progress=False, init_from=first)
     assert load_model_file(second).meta["init_from"]["checksum"] == provenance["checksum"]
+    interrupted = tmp_path / "interrupted"  # a resumed run still says where it started
+    train(cohort, interrupted, config_file, max_steps=3, progress=False, init_from=first, stop_at_step=2)
+    resumed = train(cohort, interrupted, resume=True, progress=False)
+    assert load_model_file(resumed).meta["init_from"] == provenance
     wider = tmp_path / "wider.yaml"
     wider.write_text(config_file.read_text().replace("base_features: 4", "base_features: 6"))
     with pytest.raises(InputError, match="architecture differs"):

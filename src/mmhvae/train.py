@@ -90,6 +90,7 @@ class MMHVAEModule(pl.LightningModule):
         self.nonfinite_total = 0
         self.minutes_before_this_session = 0.0  # training wall time of earlier sessions (restored on resume)
         self.session_started = time.monotonic()
+        self.initialised_from: dict[str, Any] | None = None  # --init-from provenance, kept across resumes
         self._latent_generator: torch.Generator | None = None
         self._latent_generator_state: Tensor | None = None
         self.automatic_optimization = False
@@ -281,6 +282,7 @@ class MMHVAEModule(pl.LightningModule):
             "memory_generator": self.memory_generator.get_state(),
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "nonfinite_total": self.nonfinite_total,
+            "init_from": self.initialised_from,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -295,6 +297,7 @@ class MMHVAEModule(pl.LightningModule):
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         self.nonfinite_total = state["nonfinite_total"]
         self.minutes_before_this_session = state.get("wall_minutes", 0.0)
+        self.initialised_from = state.get("init_from")
 
 
 class MMGANModule(MMHVAEModule):
@@ -511,18 +514,20 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
                                  cache_dir=out / "cache", num_workers=run.train.num_workers)
     module = module_for(run)
     starting_fresh = not (resume and last.is_file())
-    initial = initialise_from(module, init_from, run) if init_from is not None and starting_fresh else None
+    if init_from is not None and starting_fresh:
+        module.initialised_from = initialise_from(module, init_from, run)
     session = len(list((out / "logs").glob("session-*")))
     trainer = build_trainer(out, run, devices, nodes, accelerator, progress, stop_at_step, session)
     started = time.monotonic()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None)
+    session_minutes = (time.monotonic() - started) / 60  # a resumed run adds the sessions before it
     in_sync = replicas_in_sync(module.model)
     model_path = out / MODEL_FILE
     if trainer.is_global_zero:
         save_model_file(model_path, module.ema, run.data, meta={
-            "steps": int(trainer.global_step), "train_minutes": (time.monotonic() - started) / 60,
+            "steps": int(trainer.global_step), "train_minutes": module.minutes_before_this_session + session_minutes,
             "skipped_updates": module.nonfinite_total, "data": str(data), "config": run.to_dict(),
-            "world_size": int(trainer.world_size), "replicas_in_sync": in_sync, "init_from": initial,
+            "world_size": int(trainer.world_size), "replicas_in_sync": in_sync, "init_from": module.initialised_from,
             "method": run.train.method,
         })
     return model_path
