@@ -44,8 +44,8 @@ def volume_scores(slices: torch.Tensor, prepared: PreparedSubject, target: int) 
 
 
 def score(model: MMHVAE, decoder: nn.Module, test: list[PreparedSubject], subset: torch.Tensor,
-          target: int) -> dict[str, tuple[float, float]]:
-    """Mean (SSIM, PSNR) of the model's own decoder and of the probe decoder over the test subjects."""
+          target: int) -> str:
+    """Mean SSIM and PSNR of the model's own decoder and of the probe decoder over the test subjects."""
     decoder.eval()
     own, probe = [], []
     for prepared in test:
@@ -57,7 +57,9 @@ def score(model: MMHVAE, decoder: nn.Module, test: list[PreparedSubject], subset
         own.append(volume_scores(output, prepared, target))
         probe.append(volume_scores(retrained, prepared, target))
     decoder.train()
-    return {"model's decoder": tuple(np.mean(own, 0)), "probe decoder": tuple(np.mean(probe, 0))}
+    (own_ssim, own_psnr), (probe_ssim, probe_psnr) = np.mean(own, 0), np.mean(probe, 0)
+    return (f"model's decoder SSIM {own_ssim:.3f} PSNR {own_psnr:.2f} dB; "
+            f"probe decoder SSIM {probe_ssim:.3f} PSNR {probe_psnr:.2f} dB")
 
 
 def main() -> None:
