@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmhvae import metrics
 from mmhvae.data.dataset import PreparedSubject, SliceDataset, load_prepared
+from mmhvae.evaluate import score as evaluate_score
 from mmhvae.io import discover_subjects
 from mmhvae.model.mmhvae import MMHVAE, image_decoder
 from mmhvae.model_file import load_model_file
@@ -38,28 +38,32 @@ def z1_and_output(model: MMHVAE, inputs: torch.Tensor, present: torch.Tensor, su
 def volume_scores(slices: torch.Tensor, prepared: PreparedSubject, target: int) -> tuple[float, float]:
     volume = np.full(prepared.targets[target].shape, -1.0, np.float32)
     volume[..., prepared.slices] = np.moveaxis(slices.numpy(), 0, -1)
-    rows = metrics.volume_metrics(volume, prepared.targets[target], prepared.fov, axis=2, data_range=2.0,
-                                  with_lpips=False)
+    rows = evaluate_score(volume, prepared.targets[target], prepared.fov, with_lpips=False)
     return float(np.mean([r["ssim"] for r in rows])), float(np.mean([r["psnr"] for r in rows]))
 
 
-def score(model: MMHVAE, decoder: nn.Module, test: list[PreparedSubject], subset: torch.Tensor,
-          target: int) -> str:
-    """Mean SSIM and PSNR of the model's own decoder and of the probe decoder over the test subjects."""
-    decoder.eval()
-    own, probe = [], []
+def frozen_test_latents(model: MMHVAE, test: list[PreparedSubject], subset: torch.Tensor,
+                        target: int) -> tuple[list[torch.Tensor], str]:
+    """z_1 of every test subject (the model is frozen, so once for the whole probe) and the model's own score."""
+    latents, own = [], []
     for prepared in test:
         inputs = torch.from_numpy(np.ascontiguousarray(np.moveaxis(prepared.inputs[..., prepared.slices], -1, 0)))
         present = torch.from_numpy(prepared.present).expand(len(inputs), -1)
         z1, output = z1_and_output(model, inputs, present, subset, target)
-        with torch.no_grad():
-            retrained = decoder(z1)[:, 0]
+        latents.append(z1)
         own.append(volume_scores(output, prepared, target))
-        probe.append(volume_scores(retrained, prepared, target))
+    own_ssim, own_psnr = np.mean(own, 0)
+    return latents, f"model's decoder SSIM {own_ssim:.3f} PSNR {own_psnr:.2f} dB"
+
+
+@torch.no_grad()
+def score(decoder: nn.Module, test: list[PreparedSubject], latents: list[torch.Tensor], target: int) -> str:
+    """Mean SSIM and PSNR of the probe decoder over the test subjects."""
+    decoder.eval()
+    probe = [volume_scores(decoder(z1)[:, 0], prepared, target) for prepared, z1 in zip(test, latents)]
     decoder.train()
-    (own_ssim, own_psnr), (probe_ssim, probe_psnr) = np.mean(own, 0), np.mean(probe, 0)
-    return (f"model's decoder SSIM {own_ssim:.3f} PSNR {own_psnr:.2f} dB; "
-            f"probe decoder SSIM {probe_ssim:.3f} PSNR {probe_psnr:.2f} dB")
+    probe_ssim, probe_psnr = np.mean(probe, 0)
+    return f"probe decoder SSIM {probe_ssim:.3f} PSNR {probe_psnr:.2f} dB"
 
 
 def main() -> None:
@@ -94,7 +98,8 @@ def main() -> None:
         decoder = copy.deepcopy(model.decoders[target])
     decoder.train().requires_grad_(True)
     optimiser = torch.optim.Adam(decoder.parameters(), lr=args.lr)
-    print(f"step 0: {score(model, decoder, test, subset, target)}", flush=True)
+    latents, own = frozen_test_latents(model, test, subset, target)
+    print(f"{own}; step 0: {score(decoder, test, latents, target)}", flush=True)
     rng = np.random.default_rng(0)
     for step in range(1, args.steps + 1):
         batch = [slices[i] for i in rng.choice(len(slices), 16, replace=False)]
@@ -107,7 +112,7 @@ def main() -> None:
         loss.backward()
         optimiser.step()
         if step % args.every == 0 or step == args.steps:
-            print(f"step {step}: loss {loss.item():.5f} {score(model, decoder, test, subset, target)}", flush=True)
+            print(f"step {step}: loss {loss.item():.5f} {score(decoder, test, latents, target)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -518,14 +518,12 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
         module.initialised_from = initialise_from(module, init_from, run)
     session = len(list((out / "logs").glob("session-*")))
     trainer = build_trainer(out, run, devices, nodes, accelerator, progress, stop_at_step, session)
-    started = time.monotonic()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None)
-    session_minutes = (time.monotonic() - started) / 60  # a resumed run adds the sessions before it
     in_sync = replicas_in_sync(module.model)
     model_path = out / MODEL_FILE
     if trainer.is_global_zero:
         save_model_file(model_path, module.ema, run.data, meta={
-            "steps": int(trainer.global_step), "train_minutes": module.minutes_before_this_session + session_minutes,
+            "steps": int(trainer.global_step), "train_minutes": module.wall_minutes(),
             "skipped_updates": module.nonfinite_total, "data": str(data), "config": run.to_dict(),
             "world_size": int(trainer.world_size), "replicas_in_sync": in_sync, "init_from": module.initialised_from,
             "method": run.train.method,
