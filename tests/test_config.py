@@ -23,10 +23,11 @@ def test_presets_follow_the_paper_and_the_cpu_setting():
     assert tiny.model.image_size == 64 and tiny.data.image_size == 64
 
 
-def test_the_lean_cpu_paper_config_changes_only_speed_settings():
-    lean = load_config(Path(__file__).parents[1] / "configs" / "paper-cpu.yaml")
+@pytest.mark.parametrize(("name", "precision"), [("paper-cpu.yaml", "bf16-mixed"), ("paper-cpu-fp32.yaml", "auto")])
+def test_the_lean_cpu_paper_configs_change_only_speed_settings(name: str, precision: str) -> None:
+    lean = load_config(Path(__file__).parents[1] / "configs" / name)
     paper = load_config("paper")
-    assert (lean.train.precision, lean.train.activation_checkpointing) == ("bf16-mixed", 6)
+    assert (lean.train.precision, lean.train.activation_checkpointing) == (precision, 6)
     assert lean.model == paper.model and lean.data == paper.data
     lean.train.precision, lean.train.activation_checkpointing = paper.train.precision, 0
     assert lean.train == paper.train

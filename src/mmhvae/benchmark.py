@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmhvae.allocator import keep_freed_memory
 from mmhvae.config import RunConfig, load_config
 from mmhvae.errors import InputError
 from mmhvae.info import macs_per_slice, parameter_count
@@ -146,6 +147,7 @@ def training_step_time(config: str, method: str, batch: int, repeats: int, devic
     """One Algorithm-1 step (T passes, backward, optimiser) in this process: median seconds and peak memory."""
     from mmhvae.train import module_for
 
+    keep_freed_memory()  # as every `mmhvae` command does
     network, run = method_network(config, method)
     run.train.batch_size = batch
     module = module_for(run).to(device)
@@ -166,7 +168,8 @@ def training_step_time(config: str, method: str, batch: int, repeats: int, devic
         losses["total"].backward()
         optimiser.step()
 
-    seconds = median_time(step, repeats, device=torch.device(device))
+    # Two warm-up steps: the allocator settles in the first two (page faults), and training runs thousands.
+    seconds = median_time(step, repeats, warmup=2, device=torch.device(device))
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
@@ -202,6 +205,7 @@ def benchmark(configs: list[str], methods: list[str], repeats: int = 3, device: 
               train_batches: tuple[int, ...] = (4, 16), phantom_subjects: int = 4, precision: str = "fp32"
               ) -> dict[str, Any]:
     """Every figure of the performance issue for each (config, method); returns a JSON-ready dict."""
+    keeps_freed_memory = keep_freed_memory()  # as every `mmhvae` command does
     torch_device = torch.device(device)
     results = []
     for config in configs:
@@ -227,7 +231,7 @@ def benchmark(configs: list[str], methods: list[str], repeats: int = 3, device: 
                 result.train_peak_memory_gb[str(batch)] = measured["peak_gb"]
             results.append(result)
     return {
-        "machine": machine_description(device),
+        "machine": {**machine_description(device), "keeps_freed_memory": keeps_freed_memory},
         "results": [{**asdict(r), "batched_subset_ratio": r.batched_subset_ratio,
                      "remind_epoch_minutes": r.remind_epoch_minutes} for r in results],
         "phantom_subjects_per_second": phantom_subjects_per_second(phantom_subjects) if phantom_subjects else None,
@@ -256,8 +260,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"threads, torch {machine['torch']}, device {machine['device']}"
         + (f" ({machine['gpu']})" if machine.get("gpu") else "")
         + f", precision {report['results'][0]['precision'] if report['results'] else 'fp32'}; medians of "
-        f"{report['repeats']} runs after a warm-up. Epoch: one pass over 70 x 160 slices (ReMIND-sized) at the "
-        "largest batch.",
+        f"{report['repeats']} runs after a warm-up (training: two). Freed memory kept by the allocator: "
+        f"{'yes' if machine.get('keeps_freed_memory') else 'no'}. Epoch: one pass over 70 x 160 slices "
+        "(ReMIND-sized) at the largest batch.",
         "",
         "| config | method | parameters | GMACs/slice | ms/slice (b1) | ms/slice (b16) | 15 subsets, one run (s) "
         "| 15 separate runs (s) | ratio | " + " | ".join(f"train step b{b} (s) | peak mem b{b} (GB)" for b in batches)

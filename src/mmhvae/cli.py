@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mmhvae import __version__
+from mmhvae.allocator import keep_freed_memory
 from mmhvae.errors import InputError
 from mmhvae.modalities import PAPER_MODALITIES, ModalitySet, subset_label
 
@@ -499,6 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.resample_to = require_key(args.resample_to)
         except InputError as exc:
             parser.error(str(exc))
+    keep_freed_memory()  # our own process: large CPU tensors reuse freed pages (allocator.py)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

@@ -344,7 +344,8 @@ def test_activation_checkpointing_keeps_fewer_activations() -> None:
             model(images, present, sample=False).images.sum()
         return count[0]
 
-    assert saved_elements(recomputed) < 0.6 * saved_elements(plain)
+    # 0.31 with the experts, the fusion and the upsampling recomputed too; 0.50 when only the cells were
+    assert saved_elements(recomputed) < 0.4 * saved_elements(plain)
 
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,

@@ -8,6 +8,9 @@ stacked freely; resolution changes are done by `Downsample` / `Upsample`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -143,9 +146,10 @@ class Upsample(nn.Sequential):
         )
 
 
-def run_block(block: nn.Module, x: Tensor, recompute: bool) -> Tensor:
-    """`block(x)`, or with activation checkpointing when `recompute` and gradients are on: only `x` is kept
-    and the block's activations are recomputed in the backward pass (less memory, about one more forward)."""
+def run_block(block: Callable[..., Any], *inputs: Tensor, recompute: bool) -> Any:
+    """`block(*inputs)`, or with activation checkpointing when `recompute` and gradients are on: only the inputs
+    are kept and the block's activations are recomputed in the backward pass (less memory, about one more
+    forward). `block` may be any function of tensors that returns tensors, e.g. a whole latent group's fusion."""
     if recompute and torch.is_grad_enabled():
-        return checkpoint(block, x, use_reentrant=False)
-    return block(x)
+        return checkpoint(block, *inputs, use_reentrant=False)
+    return block(*inputs)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -302,7 +303,7 @@ class ModalityEncoder(nn.Module):
         x = self.stem(image)
         skips = []
         for s, (cell, down) in enumerate(zip(self.cells, self.downs)):
-            x = run_block(cell, x, s < self.recomputed_levels)
+            x = run_block(cell, x, recompute=s < self.recomputed_levels)
             skips.append(x)
             x = down(x)
         return skips, self.bottom(x).flatten(1)
@@ -522,12 +523,14 @@ class MMHVAE(nn.Module):
         z1_mean = None
         decoder_input = h
         for s in reversed(range(cfg.num_pool)):
-            state = run_block(self.cells[s], self.upsample[s](h), s < self.recomputed_levels)
+            recompute = s < self.recomputed_levels
+            state = run_block(partial(self._top_down_state, s), h, recompute=recompute)
             if s not in self.stochastic_levels:
                 h = decoder_input = state
                 continue
-            prior = Gaussian.from_params(self.priors[str(s)](state), cfg.soft_clamp)
-            q = self._posterior(prior, self.experts[str(s)], features.skips[s], state, subset)
+            prior_and_posterior = run_block(partial(self._prior_and_posterior, s, subset), state,
+                                            features.skips[s], recompute=recompute)
+            prior, q = Gaussian(*prior_and_posterior[:2]), Gaussian(*prior_and_posterior[2:])
             z = q.sample(temperature, generator)
             kls.append(self._kl(q, prior, z, kl_mode))
             if s == 0:
@@ -537,7 +540,7 @@ class MMHVAE(nn.Module):
             else:
                 h = self.z_to_state[str(s)](z)
 
-        images = torch.cat([run_block(decoder, decoder_input, self.recomputed_levels > 0)
+        images = torch.cat([run_block(decoder, decoder_input, recompute=self.recomputed_levels > 0)
                             for decoder in self.decoders], dim=1)
         kls.reverse()  # finest group first, as in the paper's numbering
         return MMHVAEOutput(images=images, kl=kls, kl_groups=cfg.stochastic_groups, z1_mean=z1_mean)
@@ -553,6 +556,19 @@ class MMHVAE(nn.Module):
         """decode(encode(images, present), subset); subset defaults to all present modalities."""
         features = self.encode(images, present)
         return self.decode(features, features.present if subset is None else subset, temperature, sample)
+
+    def _top_down_state(self, s: int, h: Tensor) -> Tensor:
+        """The deterministic top-down state at level s from the coarser state h (upsampling, then a cell)."""
+        return self.cells[s](self.upsample[s](h))
+
+    def _prior_and_posterior(self, s: int, subset: Tensor, state: Tensor, skips: Tensor
+                             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """p(z_l | z_>l) and q(z_l | x_r', z_>l) of level s as (prior mean, prior log-variance, posterior mean,
+        posterior log-variance): plain tensors, so that activation checkpointing can recompute the experts and
+        the fusion, whose full-resolution activations dominate the memory at the finest levels."""
+        prior = Gaussian.from_params(self.priors[str(s)](state), self.config.soft_clamp)
+        q = self._posterior(prior, self.experts[str(s)], skips, state, subset)
+        return prior.mean, prior.logvar, q.mean, q.logvar
 
     # ----- fusion -------------------------------------------------------------------------------
 
