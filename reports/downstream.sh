@@ -19,7 +19,7 @@ for method in mmhvae mopoe average concat-zeros mmgan; do
   models+=("$(dirname "$model")/model.pt")
 done
 mkdir -p "$OUT"
-DEMO_STEPS="21,800"  # models/README.md: the shipped model's seven training stages
+DEMO_STEPS="25,163"  # models/README.md: the shipped model's eight training stages
 
 simulate() {  # folder, then simulate flags; an existing cohort is reused
   local folder=$1; shift
