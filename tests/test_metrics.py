@@ -97,13 +97,31 @@ def test_ssim_of_image_with_itself_is_one(pair):
     assert masked_ssim(target, target.copy(), np.ones_like(mask)) == pytest.approx(1.0, abs=1e-12)
 
 
-def test_ssim_equals_skimage_2d_call_when_mask_is_everything(pair):
+def test_ssim_equals_skimage_2d_call_on_intensities_from_the_background(pair):
     pred, target, _ = pair
     full = np.ones(target.shape, dtype=bool)
     for data_range in (2.0, "target"):
         drange = 2.0 if data_range == 2.0 else float(target.max() - target.min())
-        expected = structural_similarity(target, pred, data_range=drange)
+        # Background -1 becomes 0: the authors' files held 255 (x + 1) / 2, the same up to the scale.
+        expected = structural_similarity(target + 1.0, pred + 1.0, data_range=drange)
         assert masked_ssim(pred, target, full, data_range=data_range) == pytest.approx(expected, abs=1e-12)
+        to_255 = 255 / 2
+        on_their_scale = structural_similarity(to_255 * (target + 1), to_255 * (pred + 1), data_range=to_255 * drange)
+        assert masked_ssim(pred, target, full, data_range=data_range) == pytest.approx(on_their_scale, abs=1e-9)
+
+
+def test_ssim_luminance_is_not_taken_on_a_zero_centred_scale():
+    # A mid-grey slice (mean 0 on the network's scale, like a FLAIR lesion) predicted 0.1 too bright: on the
+    # zero-centred scale the luminance term would divide by means near 0 and give this small offset a
+    # score near 0; measured from the background it is a small error.
+    target = 0.05 * smooth_slice(seed=3)
+    pred = target + 0.1
+    full = np.ones(target.shape, dtype=bool)
+    zero_centred = structural_similarity(target, pred, data_range=2.0)
+    assert zero_centred < 0.5
+    assert masked_ssim(pred, target, full) > 0.95
+    # Only the distance from the background matters: moving both slices and the background changes nothing.
+    assert masked_ssim(pred + 0.3, target + 0.3, full, black=-0.7) == pytest.approx(masked_ssim(pred, target, full))
 
 
 def test_ssim_is_not_the_authors_channel_axis_call(pair):
@@ -111,7 +129,7 @@ def test_ssim_is_not_the_authors_channel_axis_call(pair):
     pred, target, _ = pair
     full = np.ones(target.shape, dtype=bool)
     drange = float(target.max() - target.min())
-    theirs = structural_similarity(target, pred, data_range=drange, channel_axis=0)
+    theirs = structural_similarity(target + 1.0, pred + 1.0, data_range=drange, channel_axis=0)
     ours = masked_ssim(pred, target, full, data_range="target")
     assert abs(ours - theirs) > 0.02
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmhvae import metrics
 from mmhvae.data.dataset import PreparedSubject
 from mmhvae.errors import InputError
 from mmhvae.evaluate import prepared_for_evaluation, score, summarise
@@ -507,7 +508,7 @@ def temperature_markdown(summary: list[dict], spreads: dict[Pair, np.ndarray], t
     header = ["pair", "T", "subjects", "slices"] + [n.upper() for n in metric_names]
     lines = ["# Samples against temperature (Section 6.2, Fig. 5)", "",
              "One sample per subject, pair and temperature (posterior standard deviations scaled by T), scored "
-             "per slice inside the field of view against the harmonised target (network scale, data range 2). "
+             f"per slice inside the field of view against the harmonised target ({metrics.SCALE_NOTE}). "
              "Mean (sd) over subjects of each subject's mean over slices.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in summary:

@@ -3,7 +3,8 @@
 For each test subject, each non-empty subset of its present modalities is fed to the model and every
 modality with ground truth is scored against its harmonised target (Section 4.4.1): *harmonisation* when
 the target is among the inputs, *synthesis* when it is not. Metrics are computed per 2D slice on the
-network's scale (data range 2, see `mmhvae.metrics`), inside the field of view.
+network's scale (data range 2; SSIM with the background as zero intensity, see `mmhvae.metrics`), inside
+the field of view.
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ def markdown_table(rows: list[dict], modalities: Sequence[str], metric_names=("p
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Italic: harmonisation (the target is among the inputs); plain: synthesis. "
-                 "Mean (sd) over slices inside the field of view; data range 2 on the network's scale. "
+                 f"Mean (sd) over slices inside the field of view; {metrics.SCALE_NOTE}. "
                  f"Bold: better than every other method, paired Wilcoxon signed-rank, Bonferroni-corrected "
                  f"p < {SIGNIFICANCE_LEVEL}.")
     return "\n".join(lines)

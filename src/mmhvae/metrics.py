@@ -13,10 +13,18 @@ Conventions (read these before comparing numbers with a paper):
 * PSNR: scikit-image's ``peak_signal_noise_ratio`` on the masked pixels only, so the mean
   squared error is taken over the mask. Identical images give ``inf`` (no cap).
 * SSIM: scikit-image's ``structural_similarity`` as a true 2D metric (7 x 7 uniform window,
-  its defaults), with ``full=True``; the SSIM map is averaged over the mask *eroded by the
-  window radius*, so every averaged value comes from a window that lies wholly inside the
-  mask. With a mask covering the whole slice this is exactly scikit-image's own mean SSIM
-  (which also drops the image border of that width). Before computing the map, pixels
+  its defaults), with ``full=True``, on intensities measured from the background: both slices
+  are shifted so that the background (-1 on the network's scale) is 0, which is the harmonised
+  target's own scale (Section 4.4.1: minimum 0) stretched by 2, and the scale of the authors'
+  evaluated files (``255 * (x + 1) / 2``). SSIM's luminance term, (2 mu_x mu_y + C1) /
+  (mu_x^2 + mu_y^2 + C1), compares means as ratios and assumes intensities that start at zero
+  (Wang et al. 2004); on a zero-centred scale it divides by near-zero means wherever the tissue
+  is mid-grey (FLAIR lesions, much of the ultrasound) and a small offset there costs most of
+  the score. The structure term does not depend on the shift, and PSNR and LPIPS do not use
+  it. The SSIM map is averaged over the mask *eroded by the window radius*, so every averaged
+  value comes from a window that lies wholly inside the mask. With a mask covering the whole
+  slice this is exactly scikit-image's own mean SSIM of the shifted slices (which also drops
+  the image border of that width). Before computing the map, pixels
   outside the mask are set to one fixed value in both images (the target's mean inside the
   mask): they are never averaged, and this makes the result bit-for-bit independent of them
   (scipy's running-sum filters would otherwise carry rounding from far-away extreme values).
@@ -47,12 +55,16 @@ from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import nn
 
+from mmhvae.data.harmonize import BACKGROUND
 from mmhvae.errors import InputError
 
 DataRange = float | Literal["target"]
 
 #: Side of the square SSIM window (scikit-image's default for uniform weights).
 SSIM_WIN_SIZE = 7
+
+#: How PSNR and SSIM are scaled, in words, for the pages and tables that report them.
+SCALE_NOTE = "data range 2 on the network's scale, SSIM with the background as zero intensity"
 
 __all__ = [
     "LPIPSAlex",
@@ -147,13 +159,16 @@ def masked_ssim(
     mask: np.ndarray,
     data_range: DataRange = 2.0,
     win_size: int = SSIM_WIN_SIZE,
+    black: float = BACKGROUND,
 ) -> float:
     """2D SSIM of two slices, averaged over the mask eroded by the window radius.
 
-    See the module docstring for why the mask is eroded and the outside filled. Returns NaN
-    when no window fits wholly inside the mask.
+    Intensities are measured from ``black`` (the background) so that SSIM's luminance term sees
+    intensities that start at zero; see the module docstring, also for why the mask is eroded
+    and the outside filled. Returns NaN when no window fits wholly inside the mask.
     """
-    pred, target = np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64) - black
+    target = np.asarray(target, dtype=np.float64) - black
     mask = np.asarray(mask)
     _check_pair(pred, target, mask, ndim=2)
     _check_finite_in_mask(pred, target, mask)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mmhvae import metrics
 from mmhvae.config import RunConfig, load_config, save_config
 from mmhvae.data.dataset import cross_validation_split
 from mmhvae.errors import InputError
@@ -382,7 +383,7 @@ def phantom_benchmark(work: str | Path, page: str | Path, settings: PhantomBench
         f"{settings.steps} steps of batch {base.train.batch_size} (T = {base.train.passes} passes), seed "
         f"{base.train.seed}; the GAN term (when the method has one) starts at {base.train.gan_start:.0%} of the "
         f"steps. Temperature {settings.temperature} at test time.",
-        "- Metrics: per 2D slice inside the ultrasound field of view, on the network scale (data range 2); "
+        f"- Metrics: per 2D slice inside the ultrasound field of view, {metrics.SCALE_NOTE}; "
         "LPIPS AlexNet v0.1. Mean-image: the training set's mean image of each target.",
         "- The budget is the number of steps; the minutes are wall time on 2 CPU cores, longer where a run "
         "shared the machine with other jobs.",
