@@ -132,6 +132,23 @@ def test_flair_nominal_inversion_time_nulls_csf():
     assert mr_physics.NOMINAL_PROTOCOLS["flair"].ti_ms == pytest.approx(null, rel=0.01)
 
 
+def test_site_flair_protocols_keep_csf_nulled_within_the_issue_jitter():
+    # Each site jitters TR and TE, but picks the TI that nulls CSF at its TR (imperfectly): a FLAIR input
+    # whose CSF is as bright as white matter would not be a FLAIR.
+    rng = np.random.default_rng(0)
+    nominal = mr_physics.NOMINAL_PROTOCOLS["flair"]
+    variation = mr_physics.SiteVariation()
+    csf, wm = mr_physics.TISSUE_RELAXATION["csf_ventricle"], mr_physics.TISSUE_RELAXATION["wm"]
+    ratios, trs = [], []
+    for _ in range(300):
+        protocol = mr_physics.draw_site_effects("flair", rng).protocol
+        assert abs(protocol.ti_ms / nominal.ti_ms - 1.0) <= variation.protocol_jitter
+        ratios.append(mr_physics.tissue_signal(csf, protocol) / mr_physics.tissue_signal(wm, protocol))
+        trs.append(protocol.tr_ms)
+    assert max(ratios) < 0.2
+    assert np.ptp(trs) > 0.2 * nominal.tr_ms  # TR still varies by site
+
+
 def median_by_label(image, labels, value):
     return float(np.median(image[labels == value]))
 

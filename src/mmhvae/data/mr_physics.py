@@ -133,7 +133,11 @@ def add_rician_noise(signal: np.ndarray, sigma: float, rng: np.random.Generator)
 class SiteVariation:
     """Per subject and modality scanner/protocol variation. Ranges from the issue; scale/gamma/SNR ours."""
 
-    protocol_jitter: float = 0.15  # TR, TE, TI each x U(1 - j, 1 + j)
+    protocol_jitter: float = 0.15  # TR and TE each x U(1 - j, 1 + j); TI see nulling_error
+    # FLAIR's TI is not drawn on its own: a scanner picks the TI that nulls CSF at the chosen TR (the phantom
+    # issue: "inversion recovery (FLAIR, CSF nulled)"), imperfectly, so the null TI is scaled by U(1 - e, 1 + e).
+    # With the TR jitter this keeps TI within the issue's +-15 % (2240-2690 ms) and CSF below about 15 % of WM.
+    nulling_error: float = 0.03
     bias_amplitude: tuple[float, float] = (0.10, 0.30)  # peak deviation of the multiplicative bias field
     bias_nodes: int = 4  # control points per axis: the field varies over the whole FOV, not locally
     scale: tuple[float, float] = (200.0, 3000.0)  # arbitrary scanner units, log-uniform
@@ -160,14 +164,23 @@ class SiteEffects:
                 "gamma": round(self.gamma, 3), "snr": round(self.snr, 2)}
 
 
-def jitter_protocol(protocol: Protocol, rng: np.random.Generator, amount: float) -> Protocol:
+def csf_null_inversion_time_ms(tr_ms: float) -> float:
+    """The TI that nulls CSF after a repetition time TR: T1 ln(2 / (1 + exp(-TR/T1)))."""
+    t1 = TISSUE_RELAXATION["csf_ventricle"].t1_ms
+    return float(t1 * np.log(2.0 / (1.0 + np.exp(-tr_ms / t1))))
+
+
+def jitter_protocol(protocol: Protocol, rng: np.random.Generator, amount: float, nulling_error: float = 0.0
+                    ) -> Protocol:
+    """A site's protocol: TR and TE jittered; an inversion recovery's TI nulls CSF at that TR, up to nulling_error."""
     factors = rng.uniform(1.0 - amount, 1.0 + amount, 3)
-    return replace(
-        protocol,
-        tr_ms=protocol.tr_ms * factors[0],
-        te_ms=protocol.te_ms * factors[1],
-        ti_ms=None if protocol.ti_ms is None else protocol.ti_ms * factors[2],
-    )
+    tr_ms = protocol.tr_ms * factors[0]
+    ti_ms = None
+    if protocol.ti_ms is not None:
+        # The third draw, rescaled to U(-1, 1), so every modality keeps the same draws in the same order.
+        spread = (factors[2] - 1.0) / amount if amount > 0 else 0.0
+        ti_ms = csf_null_inversion_time_ms(tr_ms) * (1.0 + nulling_error * spread)
+    return replace(protocol, tr_ms=tr_ms, te_ms=protocol.te_ms * factors[1], ti_ms=ti_ms)
 
 
 def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
@@ -177,7 +190,7 @@ def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float
 def draw_site_effects(modality: str, rng: np.random.Generator, variation: SiteVariation = SiteVariation()
                       ) -> SiteEffects:
     """The same number of draws for every modality, so streams do not depend on which one it is."""
-    protocol = jitter_protocol(nominal_protocol(modality), rng, variation.protocol_jitter)
+    protocol = jitter_protocol(nominal_protocol(modality), rng, variation.protocol_jitter, variation.nulling_error)
     bias = float(rng.uniform(*variation.bias_amplitude))
     field = RandomField.draw(rng, 1, variation.bias_nodes, np.zeros(3), 1.0)
     return SiteEffects(protocol, bias, field, _log_uniform(rng, variation.scale), _log_uniform(rng, variation.gamma),
