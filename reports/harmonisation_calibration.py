@@ -1,7 +1,8 @@
 """What does a harmonisation SSIM mean? References scored exactly as `mmhvae evaluate` scores the model.
 
 A calibration for the harmonisation bar of the demo model (models/README.md), on a held-out cohort with every
-modality present, SSIM inside the FOV (data range 2 on the network's scale), mean over slices then subjects:
+modality present, SSIM inside the FOV as `mmhvae evaluate` takes it (data range 2, the background as zero
+intensity), mean over slices then subjects:
 
 - "input as it stands": the non-harmonised input scored against its target (the identity mapping);
 - "truth, sigma s px": the target itself, smoothed in-plane by a Gaussian of s pixels (how sharp an output
