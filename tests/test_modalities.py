@@ -119,7 +119,22 @@ def test_default_preset_weights():
     assert mixture_distribution(("t2",), "default") == {("t2",): 1.0}
 
 
-@pytest.mark.parametrize("preset", ["paper", "default"])
+def test_uniform_preset_gives_every_subset_the_same_weight():
+    observed = ("us", "t2", "t1c", "flair")
+    dist = mixture_distribution(observed, "uniform")
+    assert set(dist) == set(non_empty_subsets(observed))
+    assert all(p == pytest.approx(1 / 15) for p in dist.values())
+    assert mixture_distribution(("t2",), "uniform") == {("t2",): 1.0}
+
+
+def test_the_paper_preset_never_pairs_the_ultrasound_with_part_of_the_mr():
+    observed = ("us", "t2", "t1c", "flair")
+    partial = ("us", "flair")
+    assert partial not in mixture_distribution(observed, "paper")
+    assert mixture_distribution(observed, "uniform")[partial] > 0
+
+
+@pytest.mark.parametrize("preset", ["paper", "default", "uniform"])
 @pytest.mark.parametrize("observed", [("us", "t2", "t1c", "flair"), ("us", "t1c", "flair"), ("t2", "flair")])
 def test_empirical_frequencies_match_the_stated_probabilities(preset, observed):
     sampler = SubsetSampler(preset)

@@ -133,7 +133,7 @@ def subset_label(subset: Sequence[str]) -> str:
 # The mixture distribution p_alpha(r' | r) of Section 3.3 (Eq. 7-8), with the weights of Section 4.2.
 # ----------------------------------------------------------------------------------------------------
 
-MIXTURE_PRESETS = ("paper", "default")
+MIXTURE_PRESETS = ("paper", "default", "uniform")
 
 
 def _add(dist: dict[Subset, float], subset: Subset, p: float) -> None:
@@ -166,6 +166,10 @@ def mixture_distribution(
       (the MR sequences). A branch impossible for this r shares its mass with the others.
     - `default` (any modality set): 1/3 for the full observed set, 2/3 uniform over its non-empty
       proper subsets (all mass on the full set when it has a single modality).
+    - `uniform`: every non-empty subset of r equally likely, the mixture weights of MoPoE (Sutter et al.,
+      ICLR 2021). Unlike `paper`, it also trains the subsets that pair the ultrasound with some, not all,
+      of the MR sequences (`paper` never draws them when r holds more than one MR sequence), and it weighs
+      every subset as `mmhvae evaluate` does.
     """
     observed = tuple(observed)
     if not observed:
@@ -182,6 +186,9 @@ def mixture_distribution(
         for subset in proper:
             _add(dist, subset, 2.0 / 3.0 / len(proper))
         return dist
+    if preset == "uniform":
+        subsets = non_empty_subsets(observed)
+        return {subset: 1.0 / len(subsets) for subset in subsets}
     raise InputError(f"unknown mixture preset '{preset}'; choose one of {', '.join(MIXTURE_PRESETS)}")
 
 
