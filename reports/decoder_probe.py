@@ -19,12 +19,23 @@ import copy
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import default_collate
 
 from mmhvae.data.dataset import PreparedSubject, SliceDataset, load_prepared
 from mmhvae.evaluate import score as evaluate_score
 from mmhvae.io import discover_subjects
 from mmhvae.model.mmhvae import MMHVAE, image_decoder
 from mmhvae.model_file import load_model_file
+
+
+def scored_slices(prepared: PreparedSubject) -> torch.Tensor:
+    """The inputs of the slices `mmhvae evaluate` scores, [S, M, H, W]."""
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(prepared.inputs[..., prepared.slices], -1, 0)))
+
+
+def random_batch(slices: SliceDataset, rng: np.random.Generator, size: int = 16) -> dict[str, torch.Tensor]:
+    """`size` distinct training slices drawn by `rng`, stacked per key."""
+    return default_collate([slices[i] for i in rng.choice(len(slices), size, replace=False)])
 
 
 @torch.no_grad()
@@ -47,7 +58,7 @@ def frozen_test_latents(model: MMHVAE, test: list[PreparedSubject], subset: torc
     """z_1 of every test subject (the model is frozen, so once for the whole probe) and the model's own score."""
     latents, own = [], []
     for prepared in test:
-        inputs = torch.from_numpy(np.ascontiguousarray(np.moveaxis(prepared.inputs[..., prepared.slices], -1, 0)))
+        inputs = scored_slices(prepared)
         present = torch.from_numpy(prepared.present).expand(len(inputs), -1)
         z1, output = z1_and_output(model, inputs, present, subset, target)
         latents.append(z1)
@@ -102,12 +113,9 @@ def main() -> None:
     print(f"{own}; step 0: {score(decoder, test, latents, target)}", flush=True)
     rng = np.random.default_rng(0)
     for step in range(1, args.steps + 1):
-        batch = [slices[i] for i in rng.choice(len(slices), 16, replace=False)]
-        x = torch.stack([b["inputs"] for b in batch])
-        present = torch.stack([b["present"] for b in batch])
-        y = torch.stack([b["targets"][target] for b in batch])
-        z1, _ = z1_and_output(model, x, present, subset, target)
-        loss = ((decoder(z1)[:, 0] - y) ** 2).mean()
+        batch = random_batch(slices, rng)
+        z1, _ = z1_and_output(model, batch["inputs"], batch["present"], subset, target)
+        loss = ((decoder(z1)[:, 0] - batch["targets"][:, target]) ** 2).mean()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

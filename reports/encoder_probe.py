@@ -19,7 +19,7 @@ import argparse
 
 import numpy as np
 import torch
-from decoder_probe import volume_scores
+from decoder_probe import random_batch, scored_slices, volume_scores
 
 from mmhvae.data.dataset import PreparedSubject, SliceDataset, load_prepared
 from mmhvae.io import discover_subjects
@@ -41,7 +41,7 @@ def ssim_per_target(model: MMHVAE, test: list[PreparedSubject], subset: torch.Te
     model.eval()
     scores = []
     for prepared in test:
-        inputs = torch.from_numpy(np.ascontiguousarray(np.moveaxis(prepared.inputs[..., prepared.slices], -1, 0)))
+        inputs = scored_slices(prepared)
         present = torch.from_numpy(prepared.present).expand(len(inputs), -1)
         out = model.decode(model.encode(inputs, present), subset.expand(len(inputs), -1), temperature=0.0)
         scores.append([volume_scores(out.images[:, j], prepared, j)[0] for j in range(out.images.shape[1])])
@@ -81,10 +81,8 @@ def main() -> None:
     print(f"step 0: {np.array2string(ssim_per_target(model, test, subset), precision=3)}", flush=True)
     rng = np.random.default_rng(0)
     for step in range(1, args.steps + 1):
-        batch = [slices[i] for i in rng.choice(len(slices), 16, replace=False)]
-        inputs = torch.stack([b["inputs"] for b in batch])
-        present = torch.stack([b["present"] for b in batch]).bool()
-        targets = torch.stack([b["targets"] for b in batch])
+        batch = random_batch(slices, rng)
+        inputs, present, targets = batch["inputs"], batch["present"].bool(), batch["targets"]
         out = model.decode(model.encode(inputs, present), subset.expand(len(inputs), -1), temperature=1.0)
         errors = (out.images - targets).abs().flatten(2).mean(2)
         loss = (errors * present).sum(1).mean() if args.loss == "all" else errors[:, j].mean()

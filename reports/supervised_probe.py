@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 import torch
-from decoder_probe import volume_scores
+from decoder_probe import random_batch, scored_slices, volume_scores
 from monai.networks.nets import UNet
 
 from mmhvae.data.dataset import PreparedSubject, PreprocessConfig, SliceDataset, load_prepared
@@ -28,7 +28,7 @@ def score(net: torch.nn.Module, test: list[PreparedSubject], channels: list[int]
     net.eval()
     scores = []
     for prepared in test:
-        x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(prepared.inputs[channels][..., prepared.slices], -1, 0)))
+        x = scored_slices(prepared)[:, channels]
         scores.append(volume_scores(net(x)[:, 0], prepared, target))
     net.train()
     ssim, psnr = np.mean(scores, 0)
@@ -64,10 +64,8 @@ def main() -> None:
           f"{sum(p.numel() for p in net.parameters()):,} parameters", flush=True)
     rng = np.random.default_rng(0)
     for step in range(1, args.steps + 1):
-        batch = [slices[i] for i in rng.choice(len(slices), 16, replace=False)]
-        x = torch.stack([b["inputs"][channels] for b in batch])
-        y = torch.stack([b["targets"][target] for b in batch])
-        fov = torch.stack([b["fov"] for b in batch]).float()
+        batch = random_batch(slices, rng)
+        x, y, fov = batch["inputs"][:, channels], batch["targets"][:, target], batch["fov"].float()
         loss = ((net(x)[:, 0] - y).abs() * fov).sum() / fov.sum()
         optimiser.zero_grad()
         loss.backward()
