@@ -127,6 +127,27 @@ def test_uniform_preset_gives_every_subset_the_same_weight():
     assert mixture_distribution(("t2",), "uniform") == {("t2",): 1.0}
 
 
+def test_singles_preset_puts_half_the_mass_on_the_single_modalities():
+    observed = ("us", "t2", "t1c", "flair")
+    dist = mixture_distribution(observed, "singles")
+    assert set(dist) == set(non_empty_subsets(observed))
+    assert dist[("flair",)] == pytest.approx(1 / 8 + 1 / 30)  # a quarter of the singles' half, plus uniform's
+    assert dist[("us", "flair")] == pytest.approx(1 / 30)
+    assert sum(dist[(key,)] for key in observed) == pytest.approx(1 / 2 + 4 / 30)
+    assert sum(dist.values()) == pytest.approx(1.0)
+    assert mixture_distribution(("t2",), "singles") == {("t2",): pytest.approx(1.0)}
+
+
+def test_modality_weights_default_to_one_and_accept_aliases():
+    modalities = ModalitySet(("us", "t2", "t1c", "flair"))
+    assert modalities.weights({}) == (1.0, 1.0, 1.0, 1.0)
+    assert modalities.weights({"T2F": 3, "cet1": 0.5}) == (1.0, 1.0, 0.5, 3.0)
+    for bad, message in [({"t1": 2.0}, "not in the modality set"), ({"flair": -1.0}, ">= 0"),
+                         ({"flair": "two"}, ">= 0"), ({"flare": 1.0}, "unknown modality")]:
+        with pytest.raises(InputError, match=message):
+            modalities.weights(bad, "config.yaml")
+
+
 def test_the_paper_preset_never_pairs_the_ultrasound_with_part_of_the_mr():
     observed = ("us", "t2", "t1c", "flair")
     partial = ("us", "flair")
@@ -134,7 +155,7 @@ def test_the_paper_preset_never_pairs_the_ultrasound_with_part_of_the_mr():
     assert mixture_distribution(observed, "uniform")[partial] > 0
 
 
-@pytest.mark.parametrize("preset", ["paper", "default", "uniform"])
+@pytest.mark.parametrize("preset", ["paper", "default", "uniform", "singles"])
 @pytest.mark.parametrize("observed", [("us", "t2", "t1c", "flair"), ("us", "t1c", "flair"), ("t2", "flair")])
 def test_empirical_frequencies_match_the_stated_probabilities(preset, observed):
     sampler = SubsetSampler(preset)

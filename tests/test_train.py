@@ -82,6 +82,41 @@ def test_the_mixture_sampler_varies_the_encoded_subsets(cohort, config_file):
         assert any(subset) and all(not s or p for s, p in zip(subset, present[0].tolist()))
 
 
+def test_image_loss_weights_scale_each_modality_s_term(config_file):
+    """The image loss is linear in a modality's weight, and a weight reaches the synthesis terms too."""
+    from mmhvae.config import from_mapping, load_config
+
+    base = load_config(config_file)
+    torch.manual_seed(0)
+    batch = {"inputs": torch.randn(2, 4, 32, 32), "present": torch.ones(2, 4, dtype=torch.bool)}
+    batch["targets"] = batch["inputs"]
+    subsets = torch.tensor([[True, True, False, False]])  # FLAIR observed in r, synthesised from r'
+
+    def image_loss(flair_weight):
+        run = base.to_dict()
+        if flair_weight is not None:
+            run["train"]["image_loss_weights"] = {"flair": flair_weight}
+        torch.manual_seed(1)  # the same initial weights for every module
+        module = MMHVAEModule(from_mapping(run, "<test>", base).to_dict())
+        return module.generator_losses(batch, subsets)["image"].item()
+
+    default, without_flair, triple_flair = image_loss(None), image_loss(0.0), image_loss(3.0)
+    assert default > without_flair
+    assert triple_flair - default == pytest.approx(2 * (default - without_flair), rel=1e-4)
+
+
+def test_image_loss_weights_with_an_unknown_modality_are_refused(tmp_path):
+    from mmhvae.config import load_config
+
+    path = tmp_path / "weights.yaml"
+    path.write_text("base: tiny\ntrain:\n  image_loss_weights: {t1: 2.0}\n")
+    with pytest.raises(InputError, match="weights.yaml.*'t1', which is not in the modality set"):
+        load_config(path)
+    path.write_text("base: tiny\ntrain:\n  image_loss_weights: {flair: -1}\n")
+    with pytest.raises(InputError, match="must be >= 0"):
+        load_config(path)
+
+
 def test_non_finite_losses_are_skipped_counted_and_abort(cohort, config_file, tmp_path, monkeypatch):
     calls = {"n": 0}
     original = MMHVAEModule.generator_losses

@@ -20,6 +20,7 @@ import yaml
 from mmhvae.data.dataset import PreprocessConfig
 from mmhvae.errors import InputError
 from mmhvae.files import write_text_atomic
+from mmhvae.modalities import ModalitySet
 from mmhvae.model.mmgan import VARIANT as MMGAN_VARIANT
 from mmhvae.model.mmgan import MMGANConfig
 from mmhvae.model.mmhvae import MMHVAEConfig
@@ -36,6 +37,8 @@ class TrainConfig:
     passes: int = 3  # T, draws r' ~ p_alpha(. | r) per step (Algorithm 1)
     mixture: str = "paper"  # p_alpha preset (modalities.MIXTURE_PRESETS)
     image_loss: str = "l2"  # paper: squared error; "l1": authors' code
+    # Per-modality factor on the image loss, e.g. {flair: 2.0}; modalities left out weigh 1 (the paper: all 1).
+    image_loss_weights: dict[str, float] = field(default_factory=dict)
     kl_weight: float = 1e-3
     kl_warmup: float = 0.05  # fraction of max_steps over which the KL weight ramps up linearly
     gan_weight: float = 0.025  # paper; authors' code default 0.05
@@ -176,6 +179,7 @@ def from_mapping(values: Any, source: str, base: RunConfig) -> RunConfig:
         model = MMGANConfig.like(model)  # an MM-GAN on the same grid, of comparable size
     # A file that switches method gets the method's recipe, under the values it sets itself.
     train = dataclasses.replace(train, **recipe_on_switch(base.train.method, train.method, keep=train_values))
+    ModalitySet(tuple(model.modalities)).weights(train.image_loss_weights, source)  # fail at load, not in training
     if tuple(data.modalities) != tuple(model.modalities):
         data = dataclasses.replace(data, modalities=tuple(model.modalities))
     if data.image_size != model.image_size:  # slices are fitted to the model's grid

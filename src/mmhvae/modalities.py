@@ -110,6 +110,18 @@ class ModalitySet:
         """All 2^M - 1 non-empty subsets, by size then in set order (the rows of the paper's Table I)."""
         return non_empty_subsets(self.keys)
 
+    def weights(self, per_key: dict[str, float], source: str | None = None) -> tuple[float, ...]:
+        """One weight per modality in set order: `per_key`'s value (keys or aliases), 1.0 where it is silent."""
+        by_key: dict[str, float] = {}
+        for name, value in per_key.items():
+            key = require_key(name, source)
+            if key not in self.keys:
+                raise InputError(f"weight for '{name}', which is not in the modality set {list(self.keys)}", source)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise InputError(f"weight for '{name}' must be >= 0, got {value}", source)
+            by_key[key] = float(value)
+        return tuple(by_key.get(k, 1.0) for k in self.keys)
+
 
 def non_empty_subsets(keys: Sequence[str]) -> list[Subset]:
     """All non-empty subsets of `keys`, by size, each in the order of `keys`."""
@@ -133,7 +145,7 @@ def subset_label(subset: Sequence[str]) -> str:
 # The mixture distribution p_alpha(r' | r) of Section 3.3 (Eq. 7-8), with the weights of Section 4.2.
 # ----------------------------------------------------------------------------------------------------
 
-MIXTURE_PRESETS = ("paper", "default", "uniform")
+MIXTURE_PRESETS = ("paper", "default", "uniform", "singles")
 
 
 def _add(dist: dict[Subset, float], subset: Subset, p: float) -> None:
@@ -170,6 +182,9 @@ def mixture_distribution(
       ICLR 2021). Unlike `paper`, it also trains the subsets that pair the ultrasound with some, not all,
       of the MR sequences (`paper` never draws them when r holds more than one MR sequence), and it weighs
       every subset as `mmhvae evaluate` does.
+    - `singles`: half the mass on the single modalities of r (alike), half as `uniform`. It trains the
+      one-input paths (each modality's encoder and experts on their own) far more often, the harmonisation
+      each one serves at inference; not a weighting from the paper.
     """
     observed = tuple(observed)
     if not observed:
@@ -189,6 +204,8 @@ def mixture_distribution(
     if preset == "uniform":
         subsets = non_empty_subsets(observed)
         return {subset: 1.0 / len(subsets) for subset in subsets}
+    if preset == "singles":
+        return _share_among_possible([[(key,) for key in observed], non_empty_subsets(observed)])
     raise InputError(f"unknown mixture preset '{preset}'; choose one of {', '.join(MIXTURE_PRESETS)}")
 
 

@@ -85,6 +85,7 @@ class MMHVAEModule(pl.LightningModule):
         self.memory = critics.RealImageMemory(self.modalities.keys, train.memory_size)
         self.memory_generator = torch.Generator().manual_seed(train.seed)
         self.subset_sampler = SubsetSampler(train.mixture)
+        self.image_loss_weights = torch.tensor(self.modalities.weights(train.image_loss_weights))
         self.rng = np.random.default_rng(train.seed)
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
@@ -157,7 +158,7 @@ class MMHVAEModule(pl.LightningModule):
         output, rows = self.decode_passes(batch, subsets, temperature=1.0,
                                           generator=self.latent_generator(inputs.device))
         observed = present[rows]
-        errors = image_error(output.images, targets[rows], train.image_loss)
+        errors = image_error(output.images, targets[rows], train.image_loss) * self.image_loss_weights.to(inputs)
         image = (errors * observed).sum(dim=1).mean()  # sum over modalities observed in r (Eq. 9)
         pixels = inputs.shape[-1] * inputs.shape[-2] * len(self.modalities)
         kl = output.kl_total.mean() / pixels  # nats per image pixel, as the authors normalise
@@ -339,7 +340,7 @@ class MMGANModule(MMHVAEModule):
         targets, present = batch["targets"], batch["present"].bool()
         output, rows = self.decode_passes(batch, subsets)
         observed = present[rows]
-        errors = image_error(output.images, targets[rows], train.image_loss)
+        errors = image_error(output.images, targets[rows], train.image_loss) * self.image_loss_weights.to(targets)
         # Mean over every observed (slice, modality), as MM-GAN's L1Loss over the synthesised channels.
         image = (errors * observed).sum() / observed.sum().clamp(min=1)
         losses = {"image": image, "total": image}
