@@ -112,6 +112,8 @@ def test_image_loss_weights_with_an_unknown_modality_are_refused(tmp_path):
     path.write_text("base: tiny\ntrain:\n  image_loss_weights: {t1: 2.0}\n")
     with pytest.raises(InputError, match="weights.yaml.*'t1', which is not in the modality set"):
         load_config(path)
+    path.write_text("base: tiny\ntrain:\n  image_loss_weights: {T2F: 2}\n")
+    assert load_config(path).train.image_loss_weights == {"flair": 2.0}  # saved under the canonical key
     path.write_text("base: tiny\ntrain:\n  image_loss_weights: {flair: -1}\n")
     with pytest.raises(InputError, match="must be >= 0"):
         load_config(path)

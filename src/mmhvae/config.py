@@ -179,7 +179,9 @@ def from_mapping(values: Any, source: str, base: RunConfig) -> RunConfig:
         model = MMGANConfig.like(model)  # an MM-GAN on the same grid, of comparable size
     # A file that switches method gets the method's recipe, under the values it sets itself.
     train = dataclasses.replace(train, **recipe_on_switch(base.train.method, train.method, keep=train_values))
-    ModalitySet(tuple(model.modalities)).weights(train.image_loss_weights, source)  # fail at load, not in training
+    # Checked at load, not in training, and saved under canonical keys (`T2F: 2` is written `flair: 2.0`).
+    weights = ModalitySet(tuple(model.modalities)).named_weights(train.image_loss_weights, source)
+    train = dataclasses.replace(train, image_loss_weights=weights)
     if tuple(data.modalities) != tuple(model.modalities):
         data = dataclasses.replace(data, modalities=tuple(model.modalities))
     if data.image_size != model.image_size:  # slices are fitted to the model's grid

@@ -110,17 +110,22 @@ class ModalitySet:
         """All 2^M - 1 non-empty subsets, by size then in set order (the rows of the paper's Table I)."""
         return non_empty_subsets(self.keys)
 
-    def weights(self, per_key: dict[str, float], source: str | None = None) -> tuple[float, ...]:
-        """One weight per modality in set order: `per_key`'s value (keys or aliases), 1.0 where it is silent."""
-        by_key: dict[str, float] = {}
+    def named_weights(self, per_key: dict[str, float], source: str | None = None) -> dict[str, float]:
+        """`per_key` (keys or aliases to factors >= 0) checked against this set, under canonical keys."""
+        named: dict[str, float] = {}
         for name, value in per_key.items():
             key = require_key(name, source)
             if key not in self.keys:
                 raise InputError(f"weight for '{name}', which is not in the modality set {list(self.keys)}", source)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise InputError(f"weight for '{name}' must be >= 0, got {value}", source)
-            by_key[key] = float(value)
-        return tuple(by_key.get(k, 1.0) for k in self.keys)
+                raise InputError(f"weight for '{name}' must be >= 0, got {value!r}", source)
+            named[key] = float(value)
+        return named
+
+    def weights(self, per_key: dict[str, float], source: str | None = None) -> tuple[float, ...]:
+        """One weight per modality in set order: `per_key`'s value (keys or aliases), 1.0 where it is silent."""
+        named = self.named_weights(per_key, source)
+        return tuple(named.get(k, 1.0) for k in self.keys)
 
 
 def non_empty_subsets(keys: Sequence[str]) -> list[Subset]:
