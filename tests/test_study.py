@@ -121,8 +121,12 @@ def test_a_table_i_only_page_with_the_mmgan_learning_rate_check(benchmark_page, 
     rows = table_rows(text, "Table I keeps MM-GAN's own.")  # the table follows the section's paragraph
     assert [r[0] for r in rows] == ["mmhvae", "mmgan", "mmgan-lr2e-3"]
     assert all(re.search(r"\d", c) for r in rows for c in r[1:])
-    trained = {name: load_model_file(next((tmp_path / "work" / "runs").glob(f"{name}-*/model.pt"))).meta["config"]
-               for name in ("mmgan", "mmgan-lr2e-3")}
+    def run_of(name):  # "mmgan-*" would also match the mmgan-lr2e-3 runs: match name plus the digest only
+        (model,) = [m for m in (tmp_path / "work" / "runs").glob("*/model.pt")
+                    if re.fullmatch(rf"{re.escape(name)}-[0-9a-f]+", m.parent.name)]
+        return load_model_file(model).meta["config"]
+
+    trained = {name: run_of(name) for name in ("mmgan", "mmgan-lr2e-3")}
     assert (trained["mmgan"]["train"]["lr"], trained["mmgan"]["train"]["lr_final"]) == (2e-4, 2e-4)
     assert (trained["mmgan-lr2e-3"]["train"]["lr"], trained["mmgan-lr2e-3"]["train"]["lr_final"]) == (2e-3, 1e-4)
     assert trained["mmgan-lr2e-3"]["train"]["critic_lr"] == 2e-4  # the rest of MM-GAN's recipe is kept
