@@ -322,6 +322,29 @@ def test_init_from_copies_a_model_files_weights_and_refuses_another_architecture
         train(cohort, tmp_path / "third", wider, max_steps=2, progress=False, init_from=first)
 
 
+def test_trainable_parts_fit_fresh_decoders_onto_a_frozen_model(cohort, config_file, tmp_path):
+    first = train(cohort, tmp_path / "first", config_file, max_steps=2, progress=False)
+    wider_decoders = tmp_path / "wider-decoders.yaml"
+    text = config_file.read_text()
+    wider_decoders.write_text(text.replace("train:\n", "train:\n  trainable: [decoders]\n").replace(
+        "model:\n", "model:\n  decoder_features: 12\n"))
+    everything_trained = tmp_path / "everything-trained.yaml"
+    everything_trained.write_text(wider_decoders.read_text().replace("  trainable: [decoders]\n", ""))
+    with pytest.raises(InputError, match="differs from the run's config in decoders"):
+        train(cohort, tmp_path / "all", everything_trained, max_steps=2, progress=False, init_from=first)
+    second = train(cohort, tmp_path / "second", wider_decoders, max_steps=2, progress=False, init_from=first)
+    before, after = load_model_file(first).model.state_dict(), load_model_file(second).model.state_dict()
+    assert load_model_file(second).meta["init_from"]["fresh"] == ["decoders"]
+    frozen = [name for name in before if not name.startswith("decoders.")]
+    assert frozen and all(torch.equal(before[name], after[name]) for name in frozen)
+    decoders = [name for name in after if name.startswith("decoders.") and name.endswith("weight")]
+    assert after[decoders[0]].shape[0] == 12  # the wider decoders trained from fresh weights
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(text.replace("train:\n", "train:\n  trainable: [decoder]\n"))
+    with pytest.raises(InputError, match="no part named decoder"):
+        train(cohort, tmp_path / "third", unknown, max_steps=2, progress=False)
+
+
 # ----- baselines: `train(..., method=...)` (model/registry.py) ------------------------------------------------
 
 

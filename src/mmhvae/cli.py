@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--init-from", type=Path, default=None,
-                       help="start from the weights of this model file (same architecture; new optimisers)")
+                       help="start from the weights of this model file (same architecture, or differing only in "
+                            "parts train.trainable lists, which start fresh; new optimisers)")
     # Not argparse choices: the method list lives with the networks (model/registry.py), whose import needs
     # torch; an unknown method is refused by `train` as a one-line input error.
     train.add_argument("--method", default=None,

@@ -70,6 +70,10 @@ class TrainConfig:
     precision: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU
     compile: bool = False  # torch.compile the convolutional stacks (MMHVAE.compile_blocks): for GPUs
     num_workers: int = 0
+    # Top-level parts of the network that are trained, e.g. [decoders]; the others stay frozen (empty: all).
+    # With `--init-from` a model file whose architecture differs only in these parts: fit new parts onto a
+    # trained model without disturbing what it has learned.
+    trainable: tuple[str, ...] = ()
     # What is trained (`mmhvae train --method`): mmhvae, or a baseline of Section 4.3-4.4 (model/registry.py).
     method: str = "mmhvae"
 

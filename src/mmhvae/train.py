@@ -20,6 +20,7 @@ import copy
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,24 @@ def image_error(prediction: Tensor, target: Tensor, kind: str) -> Tensor:
     return error.flatten(2).mean(dim=2)
 
 
+def freeze_all_but(model: torch.nn.Module, parts: Sequence[str]) -> None:
+    """Train only the named top-level parts of `model` (`train.trainable`; every part when empty)."""
+    if not parts:
+        return
+    known = dict(model.named_children())
+    unknown = [name for name in parts if name not in known]
+    if unknown:
+        raise InputError(f"train.trainable: no part named {', '.join(unknown)} in this network "
+                         f"(parts: {', '.join(known)})")
+    model.requires_grad_(False)
+    for name in parts:
+        known[name].requires_grad_(True)
+
+
+def trained_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 class MMHVAEModule(pl.LightningModule):
     """MMHVAE, its per-modality critics, the memory of real images and an EMA copy for inference."""
 
@@ -78,6 +97,7 @@ class MMHVAEModule(pl.LightningModule):
         self.model = build_network(cfg.to_dict())  # MMHVAE, or MM-GAN for MMGANModule
         if train.activation_checkpointing and hasattr(self.model, "recompute_levels"):
             self.model.recompute_levels(train.activation_checkpointing)
+        freeze_all_but(self.model, train.trainable)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         if train.compile and hasattr(self.model, "compile_blocks"):
             self.model.compile_blocks()  # after the copy: the EMA weights stay a plain module
@@ -122,7 +142,7 @@ class MMHVAEModule(pl.LightningModule):
 
     def configure_optimizers(self):
         train = self.run_config.train
-        generator = torch.optim.Adamax(self.model.parameters(), lr=train.lr)
+        generator = torch.optim.Adamax(trained_parameters(self.model), lr=train.lr)
         critic = torch.optim.Adam(self.critics.parameters(), lr=train.critic_lr, betas=(0.5, 0.999))
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(generator, T_max=max(1, train.max_steps),
                                                             eta_min=train.lr_final)
@@ -323,7 +343,7 @@ class MMGANModule(MMHVAEModule):
         train = self.run_config.train
         # MM-GAN's optimiser, Adam with betas (0.5, 0.999), for the generator (MMHVAE: Adamax); the critic
         # optimiser and the step-wise cosine schedule (constant when lr_final == lr) are MMHVAE's.
-        generator = torch.optim.Adam(self.model.parameters(), lr=train.lr, betas=(0.5, 0.999))
+        generator = torch.optim.Adam(trained_parameters(self.model), lr=train.lr, betas=(0.5, 0.999))
         critic = torch.optim.Adam(self.critics.parameters(), lr=train.critic_lr, betas=(0.5, 0.999))
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(generator, T_max=max(1, train.max_steps),
                                                             eta_min=train.lr_final)
@@ -533,18 +553,35 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
 
 
 def initialise_from(module: MMHVAEModule, path: str | Path, run: RunConfig) -> dict[str, Any]:
-    """Copy a model file's weights into the live and EMA networks; returns its provenance for the new model file."""
-    from mmhvae.model_file import load_model_file
+    """Copy a model file's weights into the live and EMA networks; returns its provenance for the new model file.
+
+    The architectures must match, except in parts the run trains (`train.trainable`): those parts start fresh
+    where the model file's tensors do not fit them (a wider image decoder, say), and the frozen rest is the
+    model file's.
+    """
+    from mmhvae.model_file import load_model_file, weights_checksum
 
     loaded = load_model_file(path)
+    if tuple(loaded.model.config.modalities) != tuple(run.model.modalities):
+        raise InputError(f"--init-from: the model file's modalities {','.join(loaded.model.config.modalities)} "
+                         f"differ from the run's {','.join(run.model.modalities)}", path)
+    source, target = loaded.model.state_dict(), module.model.state_dict()
+    fresh = sorted({name.split(".")[0] for name, tensor in target.items()
+                    if name not in source or source[name].shape != tensor.shape})
     if loaded.model.config != run.model:
-        raise InputError("--init-from: the model file's architecture differs from the run's config", path)
-    module.model.load_state_dict(loaded.model.state_dict())
-    module.ema.load_state_dict(loaded.model.state_dict())
-    from mmhvae.model_file import weights_checksum
-
-    return {"path": str(path), "checksum": weights_checksum(loaded.model.state_dict()),
-            "steps": loaded.meta.get("steps")}
+        frozen_but_new = [part for part in fresh if part not in run.train.trainable]
+        if frozen_but_new or not run.train.trainable:
+            raise InputError("--init-from: the model file's architecture differs from the run's config in "
+                             f"{', '.join(frozen_but_new or fresh or ['its settings'])} (only parts listed in "
+                             "train.trainable may start fresh)", path)
+    shared = {name: tensor for name, tensor in source.items()
+              if name in target and tensor.shape == target[name].shape and name.split(".")[0] not in fresh}
+    module.model.load_state_dict(shared, strict=False)
+    module.ema.load_state_dict(module.model.state_dict())
+    provenance = {"path": str(path), "checksum": weights_checksum(source), "steps": loaded.meta.get("steps")}
+    if fresh:
+        provenance["fresh"] = fresh
+    return provenance
 
 
 def replicas_in_sync(model: torch.nn.Module) -> bool:
