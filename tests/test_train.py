@@ -338,7 +338,7 @@ def test_trainable_parts_fit_fresh_decoders_onto_a_frozen_model(cohort, config_f
     frozen = [name for name in before if not name.startswith("decoders.")]
     assert frozen and all(torch.equal(before[name], after[name]) for name in frozen)
     decoders = [name for name in after if name.startswith("decoders.") and name.endswith("weight")]
-    assert after[decoders[0]].shape[0] == 12  # the wider decoders trained from fresh weights
+    assert after[decoders[0]].shape[0] == 12  # the run's own wider decoders, not the model file's
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text(text.replace("train:\n", "train:\n  trainable: [decoder]\n"))
     with pytest.raises(InputError, match="no part named decoder"):
