@@ -566,16 +566,16 @@ def initialise_from(module: MMHVAEModule, path: str | Path, run: RunConfig) -> d
         raise InputError(f"--init-from: the model file's modalities {','.join(loaded.model.config.modalities)} "
                          f"differ from the run's {','.join(run.model.modalities)}", path)
     source, target = loaded.model.state_dict(), module.model.state_dict()
-    fresh = sorted({name.split(".")[0] for name, tensor in target.items()
-                    if name not in source or source[name].shape != tensor.shape})
+    # A part is fresh when its tensors differ from the model file's in name or shape, either way round.
+    fresh = sorted({name.split(".")[0] for name in source.keys() | target.keys()
+                    if name not in source or name not in target or source[name].shape != target[name].shape})
     if loaded.model.config != run.model:
         frozen_but_new = [part for part in fresh if part not in run.train.trainable]
         if frozen_but_new or not run.train.trainable:
             raise InputError("--init-from: the model file's architecture differs from the run's config in "
                              f"{', '.join(frozen_but_new or fresh or ['its settings'])} (only parts listed in "
                              "train.trainable may start fresh)", path)
-    shared = {name: tensor for name, tensor in source.items()
-              if name in target and tensor.shape == target[name].shape and name.split(".")[0] not in fresh}
+    shared = {name: tensor for name, tensor in source.items() if name.split(".")[0] not in fresh}
     module.model.load_state_dict(shared, strict=False)
     module.ema.load_state_dict(module.model.state_dict())
     provenance = {"path": str(path), "checksum": weights_checksum(source), "steps": loaded.meta.get("steps")}
