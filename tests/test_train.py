@@ -334,7 +334,9 @@ def test_trainable_parts_fit_fresh_decoders_onto_a_frozen_model(cohort, config_f
         train(cohort, tmp_path / "all", everything_trained, max_steps=2, progress=False, init_from=first)
     second = train(cohort, tmp_path / "second", wider_decoders, max_steps=2, progress=False, init_from=first)
     before, after = load_model_file(first).model.state_dict(), load_model_file(second).model.state_dict()
-    assert load_model_file(second).meta["init_from"]["fresh"] == ["decoders"]
+    provenance = load_model_file(second).meta["init_from"]
+    assert provenance["fresh"] == ["decoders"] and list(provenance["settings"]) == ["decoder_features"]
+    assert provenance["settings"]["decoder_features"][1] == 12
     frozen = [name for name in before if not name.startswith("decoders.")]
     assert frozen and all(torch.equal(before[name], after[name]) for name in frozen)
     decoders = [name for name in after if name.startswith("decoders.") and name.endswith("weight")]

@@ -21,7 +21,7 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -581,7 +581,18 @@ def initialise_from(module: MMHVAEModule, path: str | Path, run: RunConfig) -> d
     provenance = {"path": str(path), "checksum": weights_checksum(source), "steps": loaded.meta.get("steps")}
     if fresh:
         provenance["fresh"] = fresh
+    changed = changed_settings(loaded.model.config, run.model)
+    if changed:
+        # Some settings (soft_clamp, fusion, ...) shape no tensor, so they also change what the frozen parts
+        # compute; the model file says so rather than leaving it to the config next to it.
+        provenance["settings"] = changed
     return provenance
+
+
+def changed_settings(before: Any, after: Any) -> dict[str, list[Any]]:
+    """The network settings two configurations of one dataclass type set differently, as {name: [before, after]}."""
+    return {field.name: [getattr(before, field.name), getattr(after, field.name, None)] for field in fields(before)
+            if getattr(before, field.name) != getattr(after, field.name, None)}
 
 
 def replicas_in_sync(model: torch.nn.Module) -> bool:
