@@ -569,7 +569,10 @@ def initialise_from(module: MMHVAEModule, path: str | Path, run: RunConfig) -> d
     # A part is fresh when its tensors differ from the model file's in name or shape, either way round.
     fresh = sorted({name.split(".")[0] for name in source.keys() | target.keys()
                     if name not in source or name not in target or source[name].shape != target[name].shape})
-    if loaded.model.config != run.model:
+    # Some settings (soft_clamp, fusion, ...) shape no tensor, so they also change what the frozen parts compute;
+    # the model file records every change rather than leaving it to the config next to it.
+    changed = changed_settings(loaded.model.config, run.model)
+    if changed:
         frozen_but_new = [part for part in fresh if part not in run.train.trainable]
         if frozen_but_new or not run.train.trainable:
             raise InputError("--init-from: the model file's architecture differs from the run's config in "
@@ -581,18 +584,17 @@ def initialise_from(module: MMHVAEModule, path: str | Path, run: RunConfig) -> d
     provenance = {"path": str(path), "checksum": weights_checksum(source), "steps": loaded.meta.get("steps")}
     if fresh:
         provenance["fresh"] = fresh
-    changed = changed_settings(loaded.model.config, run.model)
     if changed:
-        # Some settings (soft_clamp, fusion, ...) shape no tensor, so they also change what the frozen parts
-        # compute; the model file says so rather than leaving it to the config next to it.
         provenance["settings"] = changed
     return provenance
 
 
 def changed_settings(before: Any, after: Any) -> dict[str, list[Any]]:
-    """The network settings two configurations of one dataclass type set differently, as {name: [before, after]}."""
-    return {field.name: [getattr(before, field.name), getattr(after, field.name, None)] for field in fields(before)
-            if getattr(before, field.name) != getattr(after, field.name, None)}
+    """The network settings two configurations set differently, as {name: [before, after]}."""
+    if type(before) is not type(after):  # another network family altogether
+        return {"network": [type(before).__name__, type(after).__name__]}
+    return {field.name: [getattr(before, field.name), getattr(after, field.name)] for field in fields(before)
+            if getattr(before, field.name) != getattr(after, field.name)}
 
 
 def replicas_in_sync(model: torch.nn.Module) -> bool:
