@@ -13,14 +13,12 @@ page() {  # page file, title, generating command line, command text, body file; 
 
 machine() {  # one line on what else the figures may depend on: the same versions on another CPU can differ
   "$(dirname "$M")/python" - <<'PY'
-import os, platform, re
 import numpy, scipy, SimpleITK
-cpu = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-field = lambda name: (re.findall(rf"^{name}\s*: (.*)$", cpu, re.M) or ["?"])[0]
-avx512 = "yes" if re.search(r"\bavx512f\b", cpu) else "no"
-print(f"Machine: {field('model name') if cpu else platform.processor()} (family {field('cpu family')}, model "
-      f"{field('model')}), {os.cpu_count()} CPUs, AVX-512 {avx512}; numpy {numpy.__version__}, scipy "
-      f"{scipy.__version__}, SimpleITK {SimpleITK.Version_VersionString()}.")
+from mmhvae.benchmark import cpu_description
+c = cpu_description()
+print(f"Machine: {c['cpu']} (family {c['cpu_family']}, model {c['cpu_model']}), {c['cpus']} CPUs, AVX-512 "
+      f"{c['avx512']}; numpy {numpy.__version__}, scipy {scipy.__version__}, SimpleITK "
+      f"{SimpleITK.Version_VersionString()}.")
 PY
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from mmhvae.benchmark import all_subsets_times, benchmark, markdown, method_network
+from mmhvae.benchmark import all_subsets_times, benchmark, cpu_description, markdown, method_network
 
 from conftest import SMALL_CONFIG
 
@@ -25,6 +25,7 @@ def test_benchmark_reports_every_figure_for_each_method(tmp_path):
     assert mopoe["parameters"] < full["parameters"]  # one latent group instead of four
     table = markdown(report)
     assert table.count("\n| ") == 4 and "nan" not in table
+    assert f"family {report['machine']['cpu_family']}, model {report['machine']['cpu_model']}" in table
 
 
 def test_bf16_benchmark_and_the_remind_epoch_estimate(tmp_path):
@@ -51,3 +52,15 @@ def test_separate_single_subset_runs_encode_only_their_subset(tmp_path):
     modalities = len(model.config.modalities)
     encodes_alone = modalities * 2 ** (modalities - 1)  # every modality of every subset: 32 for 4
     assert len(calls) == 2 * (modalities + encodes_alone)
+
+
+def test_cpu_description_names_the_cpu_its_family_model_and_avx512(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                       "model name\t: AMD EPYC 9654\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n\n"
+                       "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC 9654\n")
+    cpu = cpu_description(cpuinfo)
+    assert (cpu["cpu"], cpu["cpu_family"], cpu["cpu_model"], cpu["avx512"]) == ("AMD EPYC 9654", "25", "17", "yes")
+    cpuinfo.write_text("cpu family\t: 6\nmodel\t\t: 85\nmodel name\t: Intel Xeon\nflags\t\t: avx2 avx512_vnni\n")
+    assert cpu_description(cpuinfo)["avx512"] == "no"  # AVX-512 foundation is the avx512f flag
+    assert cpu_description(tmp_path / "absent")["cpu_family"] == "?"

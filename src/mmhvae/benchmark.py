@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -239,9 +240,32 @@ def benchmark(configs: list[str], methods: list[str], repeats: int = 3, device: 
     }
 
 
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+    """The CPU by name, family and model, and whether it has AVX-512.
+
+    numpy, ITK and torch choose vectorised code paths per CPU, so the same library versions can give other
+    figures on another CPU of one machine kind; benchmarks and report pages name it so a mismatch can be
+    attributed. Read from `cpuinfo` (Linux); without it the family, model and AVX-512 are "?".
+    """
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+
+    def field(name: str) -> str:
+        match = re.search(rf"^{name}\s*: (.*)$", text, re.MULTILINE)
+        return match.group(1).strip() if match else "?"
+
+    return {
+        "cpu": field("model name") if text else (platform.processor() or platform.machine()),
+        "cpu_family": field("cpu family"), "cpu_model": field("model"),
+        "avx512": ("yes" if re.search(r"\bavx512f\b", text) else "no") if text else "?",
+        "cpus": os.cpu_count(),
+    }
+
+
 def machine_description(device: str) -> dict[str, Any]:
+    cpu = cpu_description()
     description = {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(), "processor": cpu["cpu"], "cpu_family": cpu["cpu_family"],
+        "cpu_model": cpu["cpu_model"], "avx512": cpu["avx512"],
         "cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "device": device,
@@ -256,7 +280,8 @@ def markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
     batches = sorted({b for r in report["results"] for b in r["train_step_s"]}, key=int)
     lines = [
-        f"Machine: {machine['processor']}, {machine['usable_cpus']} usable CPUs, {machine['torch_threads']} torch "
+        f"Machine: {machine['processor']} (family {machine['cpu_family']}, model {machine['cpu_model']}, AVX-512 "
+        f"{machine['avx512']}), {machine['usable_cpus']} usable CPUs, {machine['torch_threads']} torch "
         f"threads, torch {machine['torch']}, device {machine['device']}"
         + (f" ({machine['gpu']})" if machine.get("gpu") else "")
         + f", precision {report['results'][0]['precision'] if report['results'] else 'fp32'}; medians of "
