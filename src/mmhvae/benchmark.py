@@ -264,9 +264,8 @@ def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
 def machine_description(device: str) -> dict[str, Any]:
     cpu = cpu_description()
     description = {
-        "platform": platform.platform(), "processor": cpu["cpu"], "cpu_family": cpu["cpu_family"],
-        "cpu_model": cpu["cpu_model"], "avx512": cpu["avx512"],
-        "cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        "platform": platform.platform(), "processor": cpu.pop("cpu"), **cpu,
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "device": device,
     }
