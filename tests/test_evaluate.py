@@ -104,3 +104,21 @@ def test_several_models_are_compared_in_one_table_under_their_method_names(setup
                             PreprocessConfig(modalities=SMALL.modalities, image_size=64))
     with pytest.raises(InputError, match="same modalities and preprocessing"):
         evaluate([model, wider], data, tmp_path / "other", with_lpips=False)
+
+
+def test_floor_comparison_gives_each_subject_one_vote_and_the_standard_error_over_subjects():
+    from mmhvae.evaluate import floor_comparison, standard_error, subject_means
+
+    def row(subject, method, ssim, psnr, slice_index=0):
+        return {"subject": subject, "slice": slice_index, "method": method, "inputs": "us", "target": "t2",
+                "task": "synthesis", "psnr": psnr, "ssim": ssim, "lpips": float("nan")}
+
+    # subject a has three slices, subject b one: the mean is over subjects (0.85), not over slices (0.825)
+    rows = [row("a", "mmhvae", 0.8, 20.0, i) for i in range(3)] + [row("b", "mmhvae", 0.9, 22.0)]
+    rows += [row(s, "mean-image", 0.3, 15.0) for s in ("a", "b")]
+    entry = subject_means(rows)[("mmhvae", "us", "t2")]
+    assert entry["ssim"] == pytest.approx(0.85)
+    assert entry["ssim_se"] == pytest.approx(np.std([0.8, 0.9], ddof=1) / np.sqrt(2))  # 0.05
+    assert "| us | t2 | synthesis | 2 | 21.00 | 0.850 | 0.050 | 15.00 | +6.00 |" in floor_comparison(rows)
+    assert np.isnan(standard_error([0.9]))  # one subject: no spread to speak of, shown as "-"
+    assert "| 1 | 20.00 | 0.800 | - |" in floor_comparison([r for r in rows if r["subject"] == "a"])

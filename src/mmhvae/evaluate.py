@@ -106,30 +106,45 @@ def summarise(rows: Iterable[dict], by: Sequence[str] = ("method", "inputs", "ta
     return summary
 
 
+def standard_error(values: Sequence[float]) -> float:
+    """Standard error of a mean (sample sd / sqrt(n)); nan below two finite values."""
+    finite = np.asarray(values, float)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.std(ddof=1) / np.sqrt(finite.size)) if finite.size >= 2 else float("nan")
+
+
 def subject_means(rows: Iterable[dict], by: Sequence[str] = ("method", "inputs", "target")) -> dict[tuple, dict]:
-    """Per group, the mean over subjects of each subject's mean over slices (each subject weighs the same)."""
+    """Per group, the mean over subjects of each subject's mean over slices (each subject weighs the same),
+    and its standard error over subjects (`psnr_se`, `ssim_se`): how far a bar-crossing is from chance."""
     per_subject = summarise(rows, ("subject", *by))
     grouped: dict[tuple, list[dict]] = defaultdict(list)
     for key, entry in per_subject.items():
         grouped[key[1:]].append(entry)
-    return {key: {"subjects": len(entries), "task": entries[0]["task"],
-                  **{m: float(np.nanmean([e[m][0] for e in entries])) for m in ("psnr", "ssim")}}
-            for key, entries in grouped.items()}
+    means = {}
+    for key, entries in grouped.items():
+        entry = {"subjects": len(entries), "task": entries[0]["task"]}
+        for metric in ("psnr", "ssim"):
+            per_subject_means = [e[metric][0] for e in entries]
+            entry[metric] = float(np.nanmean(per_subject_means))
+            entry[f"{metric}_se"] = standard_error(per_subject_means)
+        means[key] = entry
+    return means
 
 
 def floor_comparison(rows: list[dict], method: str = "mmhvae", floor: str = "mean-image") -> str:
-    """Markdown: for every (inputs, target), subject-averaged PSNR/SSIM of `method` and its PSNR margin over
-    the `floor` method (the mean-image baseline)."""
+    """Markdown: for every (inputs, target), subject-averaged PSNR/SSIM of `method` (with the SSIM's standard
+    error over subjects) and its PSNR margin over the `floor` method (the mean-image baseline)."""
     means = subject_means(rows)
-    lines = ["| inputs | target | task | subjects | PSNR | SSIM | floor PSNR | margin (dB) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| inputs | target | task | subjects | PSNR | SSIM | SSIM SE | floor PSNR | margin (dB) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (name, inputs, target), entry in sorted(means.items(), key=lambda kv: (kv[0][1].count("+"), kv[0][1:])):
         if name != method:
             continue
         base = means.get((floor, inputs, target))
         base_psnr = base["psnr"] if base else float("nan")
+        ssim_se = f"{entry['ssim_se']:.3f}" if np.isfinite(entry["ssim_se"]) else "-"  # one subject: no spread
         lines.append(f"| {inputs} | {target} | {entry['task']} | {entry['subjects']} | {entry['psnr']:.2f} | "
-                     f"{entry['ssim']:.3f} | {base_psnr:.2f} | {entry['psnr'] - base_psnr:+.2f} |")
+                     f"{entry['ssim']:.3f} | {ssim_se} | {base_psnr:.2f} | {entry['psnr'] - base_psnr:+.2f} |")
     return "\n".join(lines)
 
 
@@ -328,6 +343,7 @@ def write_results(out: Path, rows: list[dict], modalities: Sequence[str], with_l
         for name in names:
             if name != "mean-image":
                 text += (f"\n## {name}: subject-averaged scores and margin over the mean-image floor\n\n"
+                         "SSIM SE: standard error of the mean over subjects (sample sd / sqrt(subjects)).\n\n"
                          + floor_comparison(rows, name) + "\n")
     write_text_atomic(out / "table.md", text)
     print(f"wrote {out / 'metrics.csv'} and {out / 'table.md'}")
