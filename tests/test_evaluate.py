@@ -122,3 +122,22 @@ def test_floor_comparison_gives_each_subject_one_vote_and_the_standard_error_ove
     assert "| us | t2 | synthesis | 2 | 21.00 | 0.850 | 0.050 | 15.00 | +6.00 |" in floor_comparison(rows)
     assert np.isnan(standard_error([0.9]))  # one subject: no spread to speak of, shown as "-"
     assert "| 1 | 20.00 | 0.800 | - |" in floor_comparison([r for r in rows if r["subject"] == "a"])
+
+
+def test_samples_score_the_mean_of_several_draws_and_the_table_says_so(setup, tmp_path):
+    from mmhvae.cli import main
+
+    model, data = setup
+    one = evaluate(model, data, tmp_path / "t0-one", with_lpips=False, temperature=0.0)
+    three = evaluate(model, data, tmp_path / "t0-three", with_lpips=False, temperature=0.0, samples=3)
+    # at temperature 0 every draw is the posterior mean: the mean of three is the one
+    assert [r["ssim"] for r in three] == pytest.approx([r["ssim"] for r in one], abs=1e-6)
+    noisy_one = evaluate(model, data, tmp_path / "t1-one", with_lpips=False, temperature=1.0)
+    noisy_three = evaluate(model, data, tmp_path / "t1-three", with_lpips=False, temperature=1.0, samples=3)
+    assert [r["psnr"] for r in noisy_three] != pytest.approx([r["psnr"] for r in noisy_one], abs=1e-3)
+    assert (tmp_path / "t1-three" / "table.md").read_text().startswith(
+        "Predictions at temperature 1, the mean of 3 samples each.")
+    assert (tmp_path / "t0-one" / "table.md").read_text().startswith("Predictions at temperature 0, one sample each.")
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "bad"),
+                 "--samples", "0"]) == 2
+    assert not (tmp_path / "bad").exists()

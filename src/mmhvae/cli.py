@@ -93,14 +93,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if (args.out / "metrics.csv").exists() and not args.overwrite:
             raise InputError("the output folder already has results (use --overwrite)", args.out)
         crossvalidate(args.data, args.out, args.config, args.methods.split(","), args.folds, args.max_steps,
-                      args.temperature, with_lpips=not args.no_lpips)
+                      args.temperature, with_lpips=not args.no_lpips, samples=args.samples)
         return 0
     from mmhvae.evaluate import evaluate
 
     if not args.model:
         raise InputError("give --model (model files to evaluate) or --folds K (train and evaluate K folds)")
     evaluate(args.model, args.data, args.out, temperature=args.temperature, with_lpips=not args.no_lpips,
-             overwrite=args.overwrite, mean_image_from=args.mean_image_from)
+             overwrite=args.overwrite, mean_image_from=args.mean_image_from, samples=args.samples)
     return 0
 
 
@@ -327,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, type=Path, help="test subjects (with targets or tissue maps)")
     evaluate.add_argument("--out", required=True, type=Path, help="writes metrics.csv and table.md")
     evaluate.add_argument("--temperature", type=float, default=0.5)
+    evaluate.add_argument("--samples", type=int, default=1,
+                          help="score the mean of K samples per prediction (as predict --samples K writes)")
     evaluate.add_argument("--no-lpips", action="store_true", help="skip LPIPS (the slowest metric)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace existing results")
     evaluate.add_argument("--mean-image-from", type=Path, default=None,

@@ -23,7 +23,7 @@ from mmhvae.files import write_csv_atomic, write_text_atomic
 from mmhvae.io import SubjectFiles, discover_subjects, load_subject
 from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, subset_label
 from mmhvae.model_file import LoadedModel, load_model_file
-from mmhvae.predict import DEFAULT_TEMPERATURE, synthesise
+from mmhvae.predict import DEFAULT_TEMPERATURE, check_sampling, synthesise
 
 CSV_FIELDS = ("subject", "slice", "method", "inputs", "target", "task", "psnr", "ssim", "lpips")
 
@@ -35,12 +35,15 @@ def score(prediction: np.ndarray, target: np.ndarray, fov: np.ndarray, with_lpip
 
 def evaluate_subject(loaded: LoadedModel, prepared: PreparedSubject, method: str = "mmhvae",
                      subsets: Sequence[Subset] | None = None, temperature: float = DEFAULT_TEMPERATURE,
-                     with_lpips: bool = False) -> tuple[list[dict], dict[Subset, np.ndarray]]:
-    """Rows of the long table for one subject, and the predictions [M, H, W, S] of each subset."""
+                     with_lpips: bool = False, samples: int = 1) -> tuple[list[dict], dict[Subset, np.ndarray]]:
+    """Rows of the long table for one subject, and the predictions [M, H, W, S] of each subset.
+
+    With `samples` > 1 each prediction is the mean of that many samples, as `mmhvae predict --samples` writes.
+    """
     modalities = ModalitySet(loaded.modalities)
     present = modalities.from_indicator(prepared.present.astype(int))
     subsets = list(subsets or non_empty_subsets(present))
-    results = synthesise(loaded.model, prepared, subsets, temperature)
+    results = synthesise(loaded.model, prepared, subsets, temperature, samples)
     rows = []
     for result in results:
         for key in present:
@@ -309,13 +312,14 @@ def load_models(paths: Sequence[str | Path]) -> list[LoadedModel]:
 
 def evaluation_rows(models: Sequence[LoadedModel], names: Sequence[str], subjects: Sequence[SubjectFiles],
                     temperature: float = DEFAULT_TEMPERATURE, with_lpips: bool = True,
-                    mean: np.ndarray | None = None) -> list[dict]:
+                    mean: np.ndarray | None = None, samples: int = 1) -> list[dict]:
     """Long-table rows of every model (named `names`) on every test subject; `mean` adds the mean-image floor."""
     rows = []
     for files in subjects:
         for name, each in zip(names, models):
             prepared = prepared_for_evaluation(files, each)
-            subject_rows, _ = evaluate_subject(each, prepared, name, temperature=temperature, with_lpips=with_lpips)
+            subject_rows, _ = evaluate_subject(each, prepared, name, temperature=temperature,
+                                              with_lpips=with_lpips, samples=samples)
             rows += subject_rows
         if mean is not None:
             rows += evaluate_mean_image(mean, prepared, models[0].modalities)
@@ -349,15 +353,23 @@ def write_results(out: Path, rows: list[dict], modalities: Sequence[str], with_l
     print(f"wrote {out / 'metrics.csv'} and {out / 'table.md'}")
 
 
+def settings_line(temperature: float, samples: int) -> str:
+    """How the predictions of a table were drawn, for its first line."""
+    drawn = "one sample" if samples == 1 else f"the mean of {samples} samples"
+    return f"Predictions at temperature {temperature:g}, {drawn} each.\n\n"
+
+
 def evaluate(model: str | Path | Sequence[str | Path], data: str | Path, out: str | Path,
              temperature: float = DEFAULT_TEMPERATURE, with_lpips: bool = True, method: str | None = None,
-             overwrite: bool = False, mean_image_from: str | Path | None = None) -> list[dict]:
+             overwrite: bool = False, mean_image_from: str | Path | None = None, samples: int = 1) -> list[dict]:
     """The `mmhvae evaluate` job: long CSV and Table I-style Markdown for every test subject in `data`.
 
     `model` may be several model files (methods compared in one table, with the paired tests); each is named
     by the method it was trained with, or `method` for a single model. `mean_image_from` (a training data
-    folder) adds the mean-image baseline computed on it.
+    folder) adds the mean-image baseline computed on it. `samples` > 1 scores the mean of that many samples per
+    prediction (at `temperature`); table.md names both settings.
     """
+    check_sampling(temperature, samples)
     out = Path(out)
     if (out / "metrics.csv").exists() and not overwrite:
         raise InputError("the output folder already has results (use --overwrite)", out)
@@ -365,8 +377,8 @@ def evaluate(model: str | Path | Sequence[str | Path], data: str | Path, out: st
     models = load_models(paths)
     names = [method] if method is not None and len(models) == 1 else method_names(paths, models)
     mean = None if mean_image_from is None else training_mean_images(discover_subjects(mean_image_from), models[0])
-    rows = evaluation_rows(models, names, discover_subjects(data), temperature, with_lpips, mean)
+    rows = evaluation_rows(models, names, discover_subjects(data), temperature, with_lpips, mean, samples)
     if not rows:
         raise InputError("no subject had a modality of the model", data)
-    write_results(out, rows, models[0].modalities, with_lpips)
+    write_results(out, rows, models[0].modalities, with_lpips, preamble=settings_line(temperature, samples))
     return rows

@@ -183,15 +183,20 @@ def write_synthesis(folder: Path, modalities: Sequence[str], mean: np.ndarray, s
     return written
 
 
+def check_sampling(temperature: float, samples: int) -> None:
+    """The --temperature and --samples options of predict and evaluate, or an input error."""
+    if samples < 1:
+        raise InputError(f"--samples must be at least 1, got {samples}")
+    if temperature < 0:
+        raise InputError(f"--temperature must be >= 0, got {temperature}")
+
+
 def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperature: float = DEFAULT_TEMPERATURE,
             samples: int = 1, device: str = "cpu", inputs: str | None = None, overwrite: bool = False,
             resample_to: str | None = None, nan_to_num: bool = False, strict: bool = False,
             precision: str = "auto", compile_network: bool = False, all_subsets: bool = False) -> list[Path]:
     """The `mmhvae predict` job over one subject folder or a data folder (`all_subsets`: see predict_subject)."""
-    if samples < 1:
-        raise InputError(f"--samples must be at least 1, got {samples}")
-    if temperature < 0:
-        raise InputError(f"--temperature must be >= 0, got {temperature}")
+    check_sampling(temperature, samples)
     torch_device = resolve_device(device)
     precision = resolve_precision(precision, torch_device)
     loaded = load_model_file(model, torch_device)

@@ -31,6 +31,7 @@ from mmhvae.evaluate import (
     load_models,
     markdown_table,
     method_summary,
+    settings_line,
     training_mean_images,
     write_csv,
     write_results,
@@ -38,7 +39,7 @@ from mmhvae.evaluate import (
 from mmhvae.files import write_text_atomic
 from mmhvae.io import SubjectFiles, discover_subjects
 from mmhvae.model.registry import METHODS
-from mmhvae.predict import DEFAULT_TEMPERATURE
+from mmhvae.predict import DEFAULT_TEMPERATURE, check_sampling
 
 MODEL_FILE = "model.pt"
 
@@ -180,13 +181,14 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def scored_rows(model: Path, name: str, subjects: Sequence[SubjectFiles], cache: Path, temperature: float,
-                with_lpips: bool) -> list[dict]:
+                with_lpips: bool, samples: int = 1) -> list[dict]:
     """Rows of one model on the test subjects, cached next to the run by model, subjects and settings."""
-    key = json.dumps([str(model), model.stat().st_mtime_ns, [s.name for s in subjects], temperature, with_lpips])
+    key = json.dumps([str(model), model.stat().st_mtime_ns, [s.name for s in subjects], temperature, with_lpips]
+                     + ([samples] if samples > 1 else []))  # one sample keeps the caches made before --samples
     path = cache / f"scores-{name.replace('=', '')}-{hashlib.sha256(key.encode()).hexdigest()[:8]}.csv"
     if path.is_file():
         return [dict(r, method=name) for r in read_rows(path)]
-    rows = evaluation_rows(load_models([model]), [name], subjects, temperature, with_lpips)
+    rows = evaluation_rows(load_models([model]), [name], subjects, temperature, with_lpips, samples=samples)
     write_csv(path, rows)
     return rows
 
@@ -217,7 +219,7 @@ def check_methods(methods: Sequence[str]) -> list[str]:
 
 def crossvalidate(data: str | Path, out: str | Path, config: str | Path = "tiny", methods: Sequence[str] = METHODS,
                   folds: int = 3, max_steps: int | None = None, temperature: float = DEFAULT_TEMPERATURE,
-                  with_lpips: bool = True) -> list[dict]:
+                  with_lpips: bool = True, samples: int = 1) -> list[dict]:
     """`mmhvae evaluate --folds K`: the paper's K-fold cross-validation end to end (Section 4.4.1).
 
     For each fold (stratified by missingness pattern), every method is trained on the other folds and
@@ -225,6 +227,7 @@ def crossvalidate(data: str | Path, out: str | Path, config: str | Path = "tiny"
     all folds are pooled into one long CSV and one Table I."""
     data, out = Path(data), Path(out)
     methods = check_methods(methods)
+    check_sampling(temperature, samples)
     base = load_config(config)
     steps = max_steps or base.train.max_steps
     rows: list[dict] = []
@@ -235,10 +238,11 @@ def crossvalidate(data: str | Path, out: str | Path, config: str | Path = "tiny"
         runs = out / f"fold-{fold}"
         models = [train_variant(Variant(m, m), data, runs, base, steps, folds, fold) for m in methods]
         for method, model in zip(methods, models):
-            rows += scored_rows(model, method, test_subjects, runs, temperature, with_lpips)
+            rows += scored_rows(model, method, test_subjects, runs, temperature, with_lpips, samples)
         rows += mean_image_rows(models[0], train_subjects, test_subjects)
     preamble = (f"# {folds}-fold cross-validation on {data}\n\nMethods trained {steps} steps each per fold "
-                f"(config {config}, seed {base.train.seed}); test subjects of every fold pooled.\n\n")
+                f"(config {config}, seed {base.train.seed}); test subjects of every fold pooled.\n\n"
+                + settings_line(temperature, samples))
     write_results(out, rows, base.model.modalities, with_lpips, preamble)
     return rows
 
