@@ -141,3 +141,26 @@ def test_samples_score_the_mean_of_several_draws_and_the_table_says_so(setup, tm
     assert main(["evaluate", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "bad"),
                  "--samples", "0"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_bad_subject_is_refused_before_any_subject_is_scored(setup, tmp_path, capsys):
+    import shutil
+
+    from mmhvae.cli import main
+
+    model, data = setup
+    shutil.copytree(data / "sub00", tmp_path / "data" / "sub00")
+    bad = tmp_path / "data" / "sub99"
+    bad.mkdir()
+    (bad / "t2.nii.gz").write_text("not an image")
+    code = main(["evaluate", "--model", str(model), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
+                 "--no-lpips"])
+    captured = capsys.readouterr()
+    assert code == 2 and "t2.nii.gz: cannot read as NIfTI" in captured.err
+    assert "slice scores" not in captured.out  # nothing was scored first
+    assert not (tmp_path / "o").exists()
+    shutil.rmtree(bad)
+    shutil.copytree(data / "sub01", tmp_path / "data" / "sub01")
+    assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
+                 "--no-lpips"]) == 0
+    assert "note: 1 of 2 subjects (sub01) have no targets/ folder" in capsys.readouterr().out

@@ -77,26 +77,30 @@ def test_an_excluded_modality_does_not_change_the_outputs(model_file, tmp_path):
         np.testing.assert_allclose(a.mean, b.mean, atol=1e-5)
 
 
-def test_batched_subsets_equal_separate_runs(model_file, tmp_path):
+def test_batched_subsets_equal_separate_runs_sample_for_sample(model_file, tmp_path):
     loaded = load_model_file(model_file)
     folder = phantom_subject(tmp_path / "s", ("us", "t2", "t1c"))
     (files,) = discover_subjects(folder)
     prepared = prepare_for_model(load_subject(files, loaded.modalities), loaded)
     subsets = [("us",), ("t2",), ("us", "t2", "t1c")]
-    together = synthesise(loaded.model, prepared, subsets, temperature=0.0)
-    for subset, joint in zip(subsets, together):
-        (alone,) = synthesise(loaded.model, prepared, [subset], temperature=0.0)
-        np.testing.assert_allclose(joint.mean, alone.mean, atol=1e-5)
+    for temperature in (0.0, 0.5):  # a slice's noise is its own: not that of its batch, chunking or subsets
+        together = synthesise(loaded.model, prepared, subsets, temperature, samples=2, max_rows=5)
+        for subset, joint in zip(subsets, together):
+            (alone,) = synthesise(loaded.model, prepared, [subset], temperature, samples=2, slice_batch=3)
+            np.testing.assert_allclose(joint.mean, alone.mean, atol=1e-5)
+            np.testing.assert_allclose(joint.std, alone.std, atol=1e-5)
+    other_seed = synthesise(loaded.model, prepared, subsets[:1], 0.5, samples=2, generator_seed=1)[0]
+    assert np.abs(other_seed.mean - together[0].mean).max() > 1e-3
 
 
 def test_all_subsets_writes_one_folder_per_subset_equal_to_its_own_run(model_file, tmp_path):
     folder = phantom_subject(tmp_path / "s", ("us", "t2", "t1c"))
-    written = predict(model_file, folder, tmp_path / "all", temperature=0.0, all_subsets=True)
+    written = predict(model_file, folder, tmp_path / "all", temperature=0.5, all_subsets=True)
     labels = sorted(p.name for p in (tmp_path / "all" / folder.name).iterdir())
     assert labels == sorted(["us", "t2", "t1c", "us+t2", "us+t1c", "t2+t1c", "us+t2+t1c"])
     assert len(written) == 7 * len(SMALL.modalities)
     for inputs in ("us", "us+t2+t1c"):  # with the ultrasound in, the FOV is the same as in the joint run
-        predict(model_file, folder, tmp_path / inputs, temperature=0.0, inputs=inputs.replace("+", ","))
+        predict(model_file, folder, tmp_path / inputs, temperature=0.5, inputs=inputs.replace("+", ","))
         for key in SMALL.modalities:
             alone = nib.load(str(tmp_path / inputs / folder.name / f"{key}.nii.gz")).get_fdata()
             joint = nib.load(str(tmp_path / "all" / folder.name / inputs / f"{key}.nii.gz")).get_fdata()
@@ -178,3 +182,40 @@ def test_inference_does_not_import_lightning():
     code = "import sys, mmhvae.predict, mmhvae.evaluate; print(any(m.startswith('lightning') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
         == "False"
+
+
+def test_bad_options_unusable_out_paths_and_warnings_are_one_line_each(model_file, tmp_path, capsys):
+    from mmhvae.cli import main
+
+    subject = odd_oblique_subject(tmp_path / "in" / "case7")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cases = {"nan temperature": (["--temperature", "nan"], "finite number"),
+             "infinite temperature": (["--temperature", "inf"], "finite number"),
+             "empty --inputs": (["--inputs", ""], "the modality list is empty"),
+             "--out inside a file": (["--out", str(blocker / "out")], str(blocker))}
+    for name, (extra, expected) in cases.items():
+        out = tmp_path / "out" / name.replace(" ", "-")
+        argv = ["predict", "--model", str(model_file), "--input", str(subject), "--out", str(out), *extra]
+        code = main(argv)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and expected in lines[0], (name, lines)
+        assert not out.exists() and blocker.read_text() == "not a folder", name
+    extra = odd_oblique_subject(tmp_path / "pd" / "case8", modalities=("us", "pd"))
+    assert main(["predict", "--model", str(model_file), "--input", str(extra), "--out", str(tmp_path / "o")]) == 0
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "mmhvae: warning: subject 'case8': ignoring modalities ['pd'] (not in ['us', 't2', 't1c', 'flair'])"]
+
+
+def test_overwrite_leaves_one_runs_predictions_and_nothing_of_the_user(model_file, tmp_path):
+    subject = odd_oblique_subject(tmp_path / "in" / "case7")
+    out = tmp_path / "out" / "case7"
+    predict(model_file, subject, tmp_path / "out", samples=2)
+    (out / "notes.txt").write_text("mine")
+    assert len(list(out.glob("*_std.nii.gz"))) == len(SMALL.modalities)
+    predict(model_file, subject, tmp_path / "out", overwrite=True)  # one sample: no std maps now
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{k}.nii.gz" for k in SMALL.modalities] + ["notes.txt"])
+    predict(model_file, subject, tmp_path / "out", overwrite=True, all_subsets=True, inputs="us,t2")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "t2", "us", "us+t2"]
+    predict(model_file, subject, tmp_path / "out", overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{k}.nii.gz" for k in SMALL.modalities] + ["notes.txt"])

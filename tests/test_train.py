@@ -312,6 +312,11 @@ def test_init_from_copies_a_model_files_weights_and_refuses_another_architecture
     assert provenance["checksum"] == weights_checksum(expected) and provenance["steps"] == 2
     second = train(cohort, tmp_path / "second", config_file, max_steps=2, progress=False, init_from=first)
     assert load_model_file(second).meta["init_from"]["checksum"] == provenance["checksum"]
+    from mmhvae.info import describe  # info says the step count is not the model's whole training
+
+    assert f"started from      the weights in {first} (checksum {provenance['checksum'][:12]}, itself trained 2 " \
+        "steps)" in describe(model=second)
+    assert "started from" not in describe(model=first)
     interrupted = tmp_path / "interrupted"  # a resumed run still says where it started
     train(cohort, interrupted, config_file, max_steps=3, progress=False, init_from=first, stop_at_step=2)
     resumed = train(cohort, interrupted, resume=True, progress=False)

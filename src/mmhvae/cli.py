@@ -493,6 +493,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each, like the errors (no source line of ours)."""
+    print(f"mmhvae: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -507,6 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
+            warnings.showwarning = print_warning
             return int(args.func(args) or 0)
     except InputError as exc:
         print(f"mmhvae: error: {exc}", file=sys.stderr)
@@ -517,6 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        if isinstance(exc, OSError) and exc.filename is not None:
+            # the file system refused a path given to us (an --out inside a file, a read-only folder, a full disk)
+            print(f"mmhvae: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         print(f"mmhvae: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1

@@ -20,7 +20,7 @@ from mmhvae import metrics
 from mmhvae.data.dataset import PreparedSubject, load_prepared
 from mmhvae.errors import InputError
 from mmhvae.files import write_csv_atomic, write_text_atomic
-from mmhvae.io import SubjectFiles, discover_subjects, load_subject
+from mmhvae.io import SubjectFiles, discover_subjects, load_subject, read_every_subject_first
 from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, subset_label
 from mmhvae.model_file import LoadedModel, load_model_file
 from mmhvae.predict import DEFAULT_TEMPERATURE, check_sampling, synthesise
@@ -353,6 +353,15 @@ def write_results(out: Path, rows: list[dict], modalities: Sequence[str], with_l
     print(f"wrote {out / 'metrics.csv'} and {out / 'table.md'}")
 
 
+def note_targets_from_inputs(subjects: Sequence[SubjectFiles]) -> None:
+    """Say when scores are against targets harmonised from the inputs themselves (real data) rather than given."""
+    own = [f.name for f in subjects if not f.targets]
+    if own:
+        print(f"note: {len(own)} of {len(subjects)} subjects ({', '.join(own[:3])}{', ...' if len(own) > 3 else ''})"
+              " have no targets/ folder: their targets are their own images, harmonised (Section 4.4.1; white "
+              "matter from tissue.nii.gz, else by clustering)")
+
+
 def settings_line(temperature: float, samples: int) -> str:
     """How the predictions of a table were drawn, for its first line."""
     drawn = "one sample" if samples == 1 else f"the mean of {samples} samples"
@@ -376,8 +385,11 @@ def evaluate(model: str | Path | Sequence[str | Path], data: str | Path, out: st
     paths = [Path(model)] if isinstance(model, (str, Path)) else [Path(m) for m in model]
     models = load_models(paths)
     names = [method] if method is not None and len(models) == 1 else method_names(paths, models)
+    subjects = discover_subjects(data)
+    read_every_subject_first(subjects, lambda files: prepared_for_evaluation(files, models[0]))
+    note_targets_from_inputs(subjects)
     mean = None if mean_image_from is None else training_mean_images(discover_subjects(mean_image_from), models[0])
-    rows = evaluation_rows(models, names, discover_subjects(data), temperature, with_lpips, mean, samples)
+    rows = evaluation_rows(models, names, subjects, temperature, with_lpips, mean, samples)
     if not rows:
         raise InputError("no subject had a modality of the model", data)
     write_results(out, rows, models[0].modalities, with_lpips, preamble=settings_line(temperature, samples))

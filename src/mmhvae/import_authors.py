@@ -28,7 +28,7 @@ from mmhvae.data.dataset import PreparedSubject, PreprocessConfig, fit_in_plane,
 from mmhvae.errors import InputError
 from mmhvae.io import Subject
 from mmhvae.model.authors import AuthorsConfig, AuthorsMMHVAE
-from mmhvae.model_file import save_model_file
+from mmhvae.model_file import load_failure, save_model_file
 
 AUTHORS_REPOSITORY = "https://github.com/ReubenDo/MMHVAE"
 AUTHORS_TEMPERATURE = 0.7
@@ -141,7 +141,7 @@ def import_authors(checkpoint: str | Path, out: str | Path, config: AuthorsConfi
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(f"not a loadable PyTorch checkpoint ({str(exc).splitlines()[0][:200]})", checkpoint) from None
+        raise InputError(f"not a loadable PyTorch checkpoint: {load_failure(exc)}", checkpoint) from None
     state = check_state_dict(state, config, checkpoint)
 
     model = AuthorsMMHVAE(config)

@@ -42,6 +42,10 @@ def network_lines(network: torch.nn.Module, source: str, meta: dict) -> list[str
     if meta.get("steps") is not None:
         lines.append(f"  trained           {meta.get('method', 'mmhvae')}, {meta['steps']} steps, "
                      f"{meta.get('train_minutes', 0):.1f} min")
+    if meta.get("init_from"):  # these steps continued earlier weights: say so, the count above is not the total
+        start = meta["init_from"]
+        lines.append(f"  started from      the weights in {start['path']} (checksum {start['checksum'][:12]}, "
+                     f"itself trained {start.get('steps', '?')} steps)")
     return lines
 
 
@@ -55,7 +59,8 @@ def cost_table(networks: dict[str, torch.nn.Module], latency: bool, repeats: int
         ms = f"{1000 * inference_latency(network, 1, repeats, torch.device('cpu')):.1f}" if latency else "-"
         lines.append(f"| {name} | {parameter_count(network):,} | {macs_per_slice(network) / 1e9:.3f} | {ms} |")
     threads = torch.get_num_threads()
-    return "\n".join(lines) + f"\n\nAll inputs present; CPU, {threads} threads; latency the median of {repeats} runs."
+    timing = f"; CPU, {threads} threads; latency the median of {repeats} runs" if latency else ""
+    return "\n".join(lines) + f"\n\nAll inputs present{timing}."
 
 
 def describe(config: str | None = None, model: Path | Sequence[Path] | None = None, latency: bool = False,

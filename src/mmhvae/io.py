@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -301,7 +301,7 @@ def discover_subjects(root: str | Path) -> list[SubjectFiles]:
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         subjects = [_subject_from_folder(f) for f in folders if _nifti_files(f)]
     if not subjects:
-        raise InputError("no subjects found (no .nii.gz files in it or in its sub-folders)", root)
+        raise InputError("no subjects found (no .nii.gz or .nii files in it or in its sub-folders)", root)
     for files in subjects:
         if not files.modalities:
             where = files.seg or files.tissue or root / files.name
@@ -453,3 +453,12 @@ def load_subject(
     )
     _check_or_resample(subject, resample_to)
     return subject
+
+
+def read_every_subject_first(subjects: Sequence[SubjectFiles], read: Callable[[SubjectFiles], object]) -> None:
+    """Read and check every subject (with `read`) before a job writes or computes anything, so a bad one late in
+    the folder is refused at once and cannot leave a half-done output behind. One subject at a time: memory
+    stays that of the largest."""
+    if len(subjects) > 1:
+        for files in subjects:
+            read(files)

@@ -7,6 +7,7 @@ pickled class. A SHA-256 checksum of the weights is verified on load.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,14 @@ def save_model_file(path: str | Path, model: MMHVAE | MMGAN | AuthorsMMHVAE, pre
     return path
 
 
+def load_failure(exc: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, in a few words (torch's own text is long and, for
+    pickled objects, suggests loading unsafely, which no file of ours needs)."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return "not a PyTorch file of tensors and plain values"
+    return f"damaged or truncated ({str(exc).split('. ')[0].splitlines()[0][:160]})"
+
+
 def load_verified_payload(path: Path, what: str, file_format: str, version: int,
                           required: tuple[str, ...]) -> dict[str, Any]:
     """The dict saved in a project file of kind `what` (e.g. "model file"), loaded with weights_only=True and
@@ -89,7 +98,7 @@ def load_verified_payload(path: Path, what: str, file_format: str, version: int,
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(f"not a loadable {what} ({str(exc).splitlines()[0][:200]})", path) from None
+        raise InputError(f"not a loadable {what}: {load_failure(exc)}", path) from None
     if not isinstance(payload, dict) or payload.get("format") != file_format:
         raise InputError(f"not an mmhvae {what}", path)
     missing = [k for k in required if k not in payload]

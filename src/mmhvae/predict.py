@@ -8,6 +8,7 @@ mean of the samples and a per-voxel standard deviation map.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,9 @@ from mmhvae.data import harmonize
 from mmhvae.data.dataset import PreparedSubject, centre_pad_crop, prepare_subject
 from mmhvae.errors import InputError
 from mmhvae.import_authors import prepare_subject_authors
-from mmhvae.io import Subject, Volume, discover_subjects, load_subject, write_volume
+from mmhvae.io import Subject, Volume, discover_subjects, load_subject, read_every_subject_first, write_volume
 from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, parse_modality_list, subset_label
+from mmhvae.model.distributions import RowNoise
 from mmhvae.model.mmhvae import MMHVAE
 from mmhvae.model_file import LoadedModel, load_model_file
 
@@ -69,15 +71,13 @@ def synthesise(model: MMHVAE, prepared: PreparedSubject, subsets: Sequence[Subse
                generator_seed: int | None = 0, precision: str = "fp32") -> list[Synthesis]:
     """Every modality from each subset in `subsets`, for every foreground slice of `prepared`.
 
-    Slices without foreground stay at background (-1). Deterministic for a given `generator_seed`.
+    Slices without foreground stay at background (-1). Deterministic for a given `generator_seed`: sample s of
+    slice k draws its noise from its own stream (RowNoise keyed by slice and sample), so it is the same for every
+    subset and whichever subsets, slice batch or device chunking a run uses (`None`: the global RNG instead).
     precision "bf16" runs the networks under bf16 autocast (fast on GPUs and on CPUs with bf16 units).
     """
     modalities = ModalitySet(tuple(model.config.modalities))
     device = next(model.parameters()).device
-    generator = None
-    if generator_seed is not None:  # our own stream: reproducible, and the global RNG is left alone
-        generator = torch.Generator(device=device)
-        generator.manual_seed(generator_seed)
     masks = torch.tensor([modalities.indicator(s) for s in subsets], dtype=torch.bool, device=device)
     if bool((masks & ~torch.from_numpy(prepared.present).to(device)).any()):
         raise InputError(f"subject '{prepared.name}': a requested input subset includes a missing modality")
@@ -94,13 +94,16 @@ def synthesise(model: MMHVAE, prepared: PreparedSubject, subsets: Sequence[Subse
         # rows: for each subset, for each sample, every slice of the chunk
         subset_of_row = torch.arange(n_sub, device=device).repeat_interleave(samples * len(ks))
         slice_of_row = torch.arange(len(ks), device=device).repeat(n_sub * samples)
+        sample_of_row = torch.arange(samples, device=device).repeat_interleave(len(ks)).repeat(n_sub)
+        noise_key = torch.as_tensor(ks, device=device)[slice_of_row] * samples + sample_of_row
         images = []
         rows_per_pass = max_rows or max(1, DECODE_PIXELS_PER_PASS // (shape[1] * shape[2]))
         for lo in range(0, len(slice_of_row), rows_per_pass):
             rows = slice(lo, lo + rows_per_pass)
             with autocast(device, precision):
+                noise = None if generator_seed is None else RowNoise(noise_key[rows], generator_seed)
                 out = model.decode(features.index(slice_of_row[rows]), masks[subset_of_row[rows]], temperature,
-                                   generator=generator)
+                                   generator=noise)
             images.append(out.images.float().cpu())
         images = torch.cat(images).view(n_sub, samples, len(ks), n_mod, *shape[1:3]).double().numpy()
         sums[..., ks] = np.moveaxis(images.sum(axis=1), 1, -1)
@@ -183,12 +186,31 @@ def write_synthesis(folder: Path, modalities: Sequence[str], mean: np.ndarray, s
     return written
 
 
+def remove_earlier_predictions(folder: Path, written: Sequence[Path], modalities: Sequence[str]) -> list[Path]:
+    """After an --overwrite run, delete the predictions an earlier run left in a subject's folder that this run
+    did not replace (std maps of a --samples run, the other layout of --all-subsets), so that the folder holds
+    one run. Only files named as predict names them are touched; anything else stays."""
+    names = {f"{key}{tail}.nii.gz" for key in modalities for tail in ("", "_std")}
+    subset_folders = [d for d in folder.iterdir() if d.is_dir() and set(d.name.split("+")) <= set(modalities)]
+    kept = {Path(p).resolve() for p in written}
+    removed = []
+    for where in (folder, *subset_folders):
+        for name in names:
+            path = where / name
+            if path.is_file() and path.resolve() not in kept:
+                path.unlink()
+                removed.append(path)
+        if where != folder and not any(where.iterdir()):
+            where.rmdir()
+    return removed
+
+
 def check_sampling(temperature: float, samples: int) -> None:
     """The --temperature and --samples options of predict and evaluate, or an input error."""
     if samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
-    if temperature < 0:
-        raise InputError(f"--temperature must be >= 0, got {temperature}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise InputError(f"--temperature must be a finite number >= 0, got {temperature}")
 
 
 def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperature: float = DEFAULT_TEMPERATURE,
@@ -209,7 +231,7 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
               f"{temperature:g} (set --temperature to change it)")
     subjects = discover_subjects(input_dir)
     out = Path(out)
-    wanted = parse_modality_list(inputs) if inputs else None
+    wanted = parse_modality_list(inputs) if inputs is not None else None  # '' is refused, not 'every input'
     used = ModalitySet(loaded.modalities).ordered(wanted) if wanted else None
     for files in subjects:
         unknown = sorted(set(files.modalities) - set(loaded.modalities))
@@ -220,17 +242,15 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
         existing = out / files.name
         if existing.is_dir() and any(existing.iterdir()) and not overwrite:
             raise InputError(f"output for subject '{files.name}' already exists (use --overwrite)", existing)
-    if len(subjects) > 1:
-        # Read and check every subject before writing anything, so a bad one late in the folder cannot leave
-        # a half-done output folder behind (one subject at a time: memory stays that of the largest).
-        for files in subjects:
-            prepare_for_model(load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num),
-                              loaded, used)
+    read_every_subject_first(subjects, lambda files: prepare_for_model(
+        load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num), loaded, used))
     written = []
     for files in subjects:
         subject = load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num)
         paths = predict_subject(loaded, subject, out, used, temperature, samples, precision=precision,
                                 all_subsets=all_subsets)
+        if overwrite:
+            remove_earlier_predictions(out / files.name, paths, loaded.modalities)
         label = subset_label(used or subject.present(ModalitySet(loaded.modalities)))
         print(f"{files.name}: inputs {'every subset of ' if all_subsets else ''}{label} -> "
               f"{len(paths)} files in {out / files.name}")

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from mmhvae.model.distributions import (
     Gaussian,
+    RowNoise,
     inverse_std_fusion,
     kl_divergence,
     kl_single_sample,
@@ -191,3 +192,22 @@ def test_from_params_splits_and_clamps() -> None:
     g = Gaussian.from_params(params, clamp=10.0)
     assert g.mean.item() == pytest.approx(10.0, rel=1e-3)
     assert g.logvar.item() == pytest.approx(-10.0, rel=1e-3)
+
+
+def test_row_noise_depends_on_the_row_key_only_not_on_the_batch():
+    shape = (3, 2, 4, 4)
+    first = RowNoise(torch.tensor([7, 7, 9]), seed=1)
+    draws = [first.draw(shape, torch.float32, torch.device("cpu")) for _ in range(2)]  # two latent groups
+    torch.testing.assert_close(draws[0][0], draws[0][1])  # one key, one noise
+    assert not torch.allclose(draws[0][0], draws[0][2]) and not torch.allclose(draws[0][0], draws[1][0])
+    # key 9 alone, or beside other keys in another order, draws the same noise in each group
+    for keys, row in (([9], 0), ([3, 9, 7, 5], 1)):
+        other = RowNoise(torch.tensor(keys), seed=1)
+        again = [other.draw((len(keys), *shape[1:]), torch.float32, torch.device("cpu")) for _ in range(2)]
+        for group in range(2):
+            torch.testing.assert_close(again[group][row], draws[group][2], rtol=0, atol=0)
+    reseeded = RowNoise(torch.tensor([7, 7, 9]), seed=2).draw(shape, torch.float32, torch.device("cpu"))
+    assert not torch.allclose(reseeded, draws[0])
+    noise = RowNoise(torch.tensor([7, 7, 9]), seed=1)
+    sample = Gaussian(torch.ones(shape), torch.zeros(shape)).sample(0.5, noise)
+    torch.testing.assert_close(sample, 1 + 0.5 * draws[0])

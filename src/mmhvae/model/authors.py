@@ -41,7 +41,14 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from mmhvae.modalities import require_key
 from mmhvae.model.blocks import conv1x1, conv3x3, make_norm
-from mmhvae.model.distributions import Gaussian, inverse_std_fusion, kl_divergence, kl_single_sample, soft_clamp
+from mmhvae.model.distributions import (
+    Gaussian,
+    RowNoise,
+    inverse_std_fusion,
+    kl_divergence,
+    kl_single_sample,
+    soft_clamp,
+)
 from mmhvae.model.mmhvae import EncodedModalities, MMHVAEOutput, PlainDictConfig
 
 VARIANT = "authors"
@@ -451,7 +458,7 @@ class AuthorsMMHVAE(nn.Module):
         temperature: float = 1.0,
         sample: bool = True,
         kl: str | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | RowNoise | None = None,
         mask_modality: str | None = None,
     ) -> MMHVAEOutput:
         """Sample z_L, ..., z_1 from the fused posterior of `subset` and decode every modality.

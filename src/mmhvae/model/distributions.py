@@ -11,6 +11,7 @@ has shape [B, M].
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -26,6 +27,36 @@ def soft_clamp(x: torch.Tensor, c: float) -> torch.Tensor:
     enter the product of experts (Eq. 14) to [exp(-c), exp(c)].
     """
     return c * torch.tanh(x / c)
+
+
+class RowNoise:
+    """Standard normal noise keyed per batch row, for reproducible inference however rows are batched.
+
+    Rows with the same key get the same noise, and a key's noise does not depend on which other rows share
+    the batch: key k draws from its own generator, seeded by (seed, k), one draw per call in decoding order
+    (one call per latent group). So a slice's sample is the same whether its input subset is decoded alone or
+    with others, and in any slice batching; keyed by (slice, sample), every subset of a slice sees the same
+    noise (common random numbers, which also make comparisons between subsets less noisy).
+    """
+
+    def __init__(self, keys: torch.Tensor, seed: int = 0):
+        unique, self.row_to_key = torch.unique(keys.cpu(), return_inverse=True)
+        self.generators = []
+        for key in unique.tolist():
+            generator = torch.Generator(device=keys.device)
+            generator.manual_seed(self.stream_seed(seed, key))
+            self.generators.append(generator)
+
+    @staticmethod
+    def stream_seed(seed: int, key: int) -> int:
+        """A 32-bit seed per (seed, key) (the CPU generator keeps 32 bits), mixed so that nearby pairs differ."""
+        return int.from_bytes(hashlib.blake2b(f"{seed}/{key}".encode(), digest_size=4).digest(), "little")
+
+    def draw(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Noise of `shape` ([rows, ...]): the next draw of each row's key."""
+        per_key = torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype, device=device)
+                               for g in self.generators])
+        return per_key[self.row_to_key.to(device)]
 
 
 @dataclass
@@ -59,17 +90,21 @@ class Gaussian:
     def std(self) -> torch.Tensor:
         return torch.exp(0.5 * self.logvar)
 
-    def sample(self, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, temperature: float = 1.0, generator: torch.Generator | RowNoise | None = None) -> torch.Tensor:
         """Reparameterised sample mean + temperature * std * eps.
 
         The temperature scales the standard deviation (HVAE inference trick, Section 4.2 uses 0.5);
-        temperature 0 returns the mean itself, so deterministic inference is exact.
+        temperature 0 returns the mean itself, so deterministic inference is exact. eps comes from
+        `generator`: a torch generator (or the global one), or a RowNoise that keys it per row.
         """
         if temperature == 0:
             return self.mean
-        eps = torch.randn(
-            self.mean.shape, generator=generator, dtype=self.mean.dtype, device=self.mean.device
-        )
+        if isinstance(generator, RowNoise):
+            eps = generator.draw(self.mean.shape, self.mean.dtype, self.mean.device)
+        else:
+            eps = torch.randn(
+                self.mean.shape, generator=generator, dtype=self.mean.dtype, device=self.mean.device
+            )
         return self.mean + temperature * self.std * eps
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmhvae.model.distributions import RowNoise
 from mmhvae.model.mmhvae import EncodedImages, MMHVAEConfig, MMHVAEOutput, PlainDictConfig
 
 VARIANT = "mmgan"
@@ -126,7 +127,7 @@ class MMGAN(nn.Module):
         temperature: float = 1.0,
         sample: bool = True,
         kl: str | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | RowNoise | None = None,
     ) -> MMHVAEOutput:
         """All modalities from the modalities in `subset` ([B, M] bool, rows may differ), zeros elsewhere.
 

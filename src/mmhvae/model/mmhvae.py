@@ -45,6 +45,7 @@ from mmhvae.model.blocks import (
 )
 from mmhvae.model.distributions import (
     Gaussian,
+    RowNoise,
     inverse_std_fusion,
     kl_divergence,
     kl_single_sample,
@@ -487,7 +488,7 @@ class MMHVAE(nn.Module):
         temperature: float = 1.0,
         sample: bool = True,
         kl: str | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | RowNoise | None = None,
     ) -> MMHVAEOutput:
         """Sample z_L, ..., z_1 from the fused posterior q(z | x_r') of Eq. 13 and decode all images.
 
