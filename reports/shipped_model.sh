@@ -11,7 +11,7 @@ OUT=${1:-runs/downstream}
 M=.venv/bin/mmhvae
 MODEL=models/phantom-tiny.pt
 source reports/lib.sh
-STEPS="53,553"  # the shipped model's training steps over all its stages (models/README.md; its file has the last stage's)
+STEPS="57,821"  # the shipped model's training steps over all its stages (models/README.md; its file has the last stage's)
 mkdir -p "$OUT"
 simulate us-test --subjects 8 --seed 7100 --missing complete
 
