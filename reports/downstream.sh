@@ -14,7 +14,7 @@ M=.venv/bin/mmhvae
 STEPS=${3:-300}  # the training budget whose models are compared (REPORT_WORK may hold several)
 source reports/lib.sh
 models=()
-for method in mmhvae mopoe average concat-zeros mmgan; do
+for method in mmhvae mopoe average concat-zeros mmgan resvit m2dn; do
   # A method's own run folders are METHOD-<8-character digest>; variants (mmgan-lr2e-3-...) do not match.
   model=$(grep -l "^  max_steps: $STEPS\$" "$WORK"/runs/"$method"-????????/config.yaml | head -1)
   [ -n "$model" ] || { echo "no $method run of $STEPS steps in $WORK/runs" >&2; exit 2; }

@@ -18,8 +18,10 @@ from mmhvae.data.phantom import simulate_cohort
 from mmhvae.errors import InputError
 from mmhvae.evaluate import evaluate_subject, prepared_for_evaluation
 from mmhvae.io import discover_subjects
+from mmhvae.model.m2dn import M2DN, M2DNConfig
 from mmhvae.model.mmgan import MMGAN, MMGANConfig
 from mmhvae.model.mmhvae import MMHVAEConfig
+from mmhvae.model.resvit import ResViT, ResViTConfig
 from mmhvae.model_file import load_model_file, save_model_file
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "phantom-tiny.pt"
@@ -81,12 +83,14 @@ def test_latent_analysis_refuses_bad_input(cohort, tmp_path):
     with pytest.raises(InputError, match="at least two") as caught:
         analyse_latent(MODEL, lonely.parent, tmp_path / "a")
     assert caught.value.path == lonely
-    gan = save_model_file(tmp_path / "gan.pt", MMGAN(MMGANConfig.like(MMHVAEConfig.tiny())),
-                          PreprocessConfig(image_size=64))
-    with pytest.raises(InputError, match="need an MMHVAE model"):
-        analyse_latent(gan, cohort, tmp_path / "a")
-    with pytest.raises(InputError, match="need an MMHVAE model"):
-        analyse_temperature(gan, cohort, tmp_path / "a")
+    for network in (MMGAN(MMGANConfig.like(MMHVAEConfig.tiny())),
+                    ResViT(ResViTConfig.like(MMHVAEConfig.tiny(), transformer_layers=1)),
+                    M2DN(M2DNConfig.like(MMHVAEConfig.tiny()))):
+        gan = save_model_file(tmp_path / "gan.pt", network, PreprocessConfig(image_size=64))
+        with pytest.raises(InputError, match=f"need an MMHVAE model .*the {network.config.variant} baseline"):
+            analyse_latent(gan, cohort, tmp_path / "a")
+        with pytest.raises(InputError, match="need an MMHVAE model"):
+            analyse_temperature(gan, cohort, tmp_path / "a")
     assert not (tmp_path / "a").exists()
 
 

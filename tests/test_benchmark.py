@@ -12,9 +12,9 @@ from conftest import SMALL_CONFIG
 def test_benchmark_reports_every_figure_for_each_method(tmp_path):
     config = tmp_path / "small.yaml"
     config.write_text(SMALL_CONFIG)
-    report = benchmark([str(config)], ["mmhvae", "mopoe", "mmgan"], repeats=1, depth=3, train_batches=(2,),
-                       phantom_subjects=0)
-    assert [r["method"] for r in report["results"]] == ["mmhvae", "mopoe", "mmgan"]
+    report = benchmark([str(config)], ["mmhvae", "mopoe", "mmgan", "resvit", "m2dn"], repeats=1, depth=3,
+                       train_batches=(2,), phantom_subjects=0)
+    assert [r["method"] for r in report["results"]] == ["mmhvae", "mopoe", "mmgan", "resvit", "m2dn"]
     for result in report["results"]:
         assert result["parameters"] > 0 and result["macs_all_inputs_g"] > 0
         for key in ("latency_ms_batch1", "latency_ms_per_slice_batch16", "all_subsets_one_run_s",
@@ -24,7 +24,7 @@ def test_benchmark_reports_every_figure_for_each_method(tmp_path):
     mopoe, full = report["results"][1], report["results"][0]
     assert mopoe["parameters"] < full["parameters"]  # one latent group instead of four
     table = markdown(report)
-    assert table.count("\n| ") == 4 and "nan" not in table
+    assert table.count("\n| ") == 6 and "nan" not in table
     assert f"family {report['machine']['cpu_family']}, model {report['machine']['cpu_model']}" in table
 
 

@@ -61,7 +61,7 @@ def test_the_benchmark_page_has_every_method_input_combination_and_target_withou
     text = page.read_text()
     rows = table_rows(text, "## Table I analogue")
     subsets = {"+".join(s) for s in non_empty_subsets(MODALITIES)}
-    for method in ("mmhvae", "mopoe", "average", "concat-zeros", "mmgan", "mean-image"):
+    for method in ("mmhvae", "mopoe", "average", "concat-zeros", "mmgan", "resvit", "m2dn", "mean-image"):
         mine = [r for r in rows if r[0] == method]
         assert {r[1] for r in mine} == subsets, method
         for r in mine:
@@ -73,7 +73,7 @@ def test_the_benchmark_page_has_every_method_input_combination_and_target_withou
 def test_every_model_of_the_page_had_the_same_budget(benchmark_page):
     work, _, _ = benchmark_page
     models = sorted((work / "work" / "runs").glob("*/model.pt"))
-    assert len(models) == 8  # 5 methods + L=2, L=3, no GAN
+    assert len(models) == 10  # 7 methods + L=2, L=3, no GAN
     steps = {load_model_file(m).meta["steps"] for m in models}
     assert steps == {STEPS}
 
@@ -92,7 +92,7 @@ def test_a_second_run_of_the_command_reuses_every_model_and_score(benchmark_page
     before = page.read_text()
     phantom_benchmark(work / "work", page, settings)
     out = capsys.readouterr().out
-    assert out.count("reusing") == 8 and "training" not in out
+    assert out.count("reusing") == 10 and "training" not in out
     strip = lambda text: re.sub(r"in \d+\.\d min", "", text)  # noqa: E731
     assert strip(page.read_text()) == strip(before)
 
@@ -115,7 +115,7 @@ def test_a_table_i_only_page_with_the_mmgan_learning_rate_check(benchmark_page, 
     page = phantom_benchmark(tmp_path / "work", tmp_path / "page.md",
                              dataclasses.replace(settings, ablation=False, sensitivity=True))
     out = capsys.readouterr().out
-    assert out.count("reusing") == 5 and out.count("training") == 1 and "mmgan-lr2e-3: training" in out
+    assert out.count("reusing") == 7 and out.count("training") == 1 and "mmgan-lr2e-3: training" in out
     text = page.read_text()
     assert "## Table II analogue" not in text and "--no-ablation --sensitivity" in text
     rows = table_rows(text, "Table I keeps MM-GAN's own.")  # the table follows the section's paragraph
@@ -174,10 +174,14 @@ def test_evaluate_needs_either_models_or_folds(tmp_path, capsys):
 
 
 def test_info_compares_the_cost_of_every_method(capsys):
-    assert main(["info", "--config", "tiny", "--methods", "mmhvae,mopoe,average,concat-zeros,mmgan"]) == 0
+    from mmhvae.cli import ALL_METHODS
+    from mmhvae.model.registry import METHODS
+
+    assert ALL_METHODS == ",".join(METHODS)  # the CLI's spelt-out default lists every method
+    assert main(["info", "--config", "tiny", "--methods", ALL_METHODS]) == 0
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("| ")][1:]
-    assert [line.split("|")[1].strip() for line in table] == ["mmhvae", "mopoe", "average", "concat-zeros", "mmgan"]
+    assert [line.split("|")[1].strip() for line in table] == list(METHODS)
 
 
 def test_speed_only_settings_do_not_change_the_run_folder():

@@ -365,11 +365,11 @@ def model_file_payload(path):
     return payload, network
 
 
-@pytest.mark.parametrize("method", ["mopoe", "average", "concat-zeros", "mmgan"])
+@pytest.mark.parametrize("method", ["mopoe", "average", "concat-zeros", "mmgan", "resvit", "m2dn"])
 def test_each_baseline_trains_and_records_its_method(cohort, config_file, tmp_path, method):
     from mmhvae.config import load_config
-    from mmhvae.model.mmgan import MMGAN
     from mmhvae.model.mmhvae import MMHVAE
+    from mmhvae.model.zero_imputation import ZeroImputationGenerator
 
     run = tmp_path / method
     model_path = train(cohort, run, config_file, max_steps=2, progress=False, method=method)
@@ -378,12 +378,15 @@ def test_each_baseline_trains_and_records_its_method(cohort, config_file, tmp_pa
     saved = load_config(run / "config.yaml")
     assert saved.train.method == method and saved.model.to_dict() == payload["model_config"]
     expected = {"mopoe": ("num_latent_levels", 1), "average": ("fusion", "average"),
-                "concat-zeros": ("encoder", "joint"), "mmgan": ("variant", "mmgan")}[method]
+                "concat-zeros": ("encoder", "joint"), "mmgan": ("variant", "mmgan"),
+                "resvit": ("variant", "resvit"), "m2dn": ("variant", "m2dn")}[method]
     assert payload["model_config"][expected[0]] == expected[1]
-    assert isinstance(network, MMGAN if method == "mmgan" else MMHVAE)
+    zero_imputation = method in ("mmgan", "resvit", "m2dn")
+    assert isinstance(network, ZeroImputationGenerator if zero_imputation else MMHVAE)
+    assert type(network).__name__.lower() == (method if zero_imputation else "mmhvae")
     rows = [r for r in read_log(run) if r.get("loss")]
     assert len(rows) == 2 and all(float(r["loss"]) == float(r["loss"]) for r in rows)
-    if method == "mmgan":  # MM-GAN's adversarial term is on from the first step
+    if method in ("mmgan", "resvit"):  # MM-GAN's and ResViT's adversarial term is on from the first step
         assert all(r.get("gan") and r.get("critic") for r in rows)
     images = torch.rand(2, 4, 32, 32) * 2 - 1
     present = torch.tensor([[True, True, False, False]] * 2)
@@ -417,6 +420,11 @@ def test_a_method_recipe_applies_on_switching_and_never_over_a_config_s_own_valu
 
     switched = with_method(load_config("tiny"), "mmgan")  # --method mmgan on the tiny preset
     assert (switched.train.lr, switched.train.lr_final, switched.train.image_loss) == (2e-4, 2e-4, "l1")
+    resvit = with_method(load_config("tiny"), "resvit").train  # ResViT: L1 x 100 against the GAN's x 1
+    assert (resvit.lr, resvit.lr_final, resvit.gan_start) == (2e-4, 0.0, 0.0)
+    assert (1 - resvit.gan_weight) / resvit.gan_weight == pytest.approx(100)
+    m2dn = with_method(load_config("tiny"), "m2dn").train  # a diffusion model: no adversarial term
+    assert (m2dn.lr, m2dn.lr_final, m2dn.gan_weight, m2dn.image_loss) == (1e-4, 1e-4, 0.0, "l1")
     own = tmp_path / "own.yaml"
     own.write_text("base: tiny\ntrain:\n  method: mmgan\n  lr: 0.001\n")
     run = load_config(own)  # the recipe fills what the file leaves out; the file's lr wins
@@ -443,14 +451,18 @@ def test_methods_in_config_files_and_bad_methods(cohort, config_file, tmp_path):
     clash.write_text("base: tiny\nmodel:\n  variant: mmgan\ntrain:\n  method: mopoe\n")
     with pytest.raises(InputError, match="does not match"):
         load_config(clash)
+    resvit_yaml = tmp_path / "resvit.yaml"
+    resvit_yaml.write_text("base: tiny\nmodel:\n  variant: resvit\n  transformer_layers: 2\n")
+    run = load_config(resvit_yaml)  # ResViT's widths for the tiny grid, two transformer layers
+    assert run.train.method == "resvit" and run.model.transformer_layers == 2 and run.model.base_features == 16
     unknown = tmp_path / "unknown.yaml"
-    unknown.write_text("base: tiny\ntrain:\n  method: resvit\n")
+    unknown.write_text("base: tiny\ntrain:\n  method: pix2pix\n")
     with pytest.raises(InputError, match="unknown method"):
         load_config(unknown)
     with pytest.raises(InputError, match="unknown method"):
-        train(cohort, tmp_path / "run", config_file, max_steps=2, progress=False, method="resvit")
+        train(cohort, tmp_path / "run", config_file, max_steps=2, progress=False, method="pix2pix")
     assert not (tmp_path / "run").exists()  # refused before anything is written
     from mmhvae.cli import main
 
-    assert main(["train", "--data", str(cohort), "--out", str(tmp_path / "cli"), "--method", "resvit"]) == 2
+    assert main(["train", "--data", str(cohort), "--out", str(tmp_path / "cli"), "--method", "pix2pix"]) == 2
     assert not (tmp_path / "cli").exists()

@@ -32,7 +32,7 @@ from mmhvae.evaluate import prepared_for_evaluation, score, summarise
 from mmhvae.files import atomic_path, write_csv_atomic, write_text_atomic
 from mmhvae.io import SubjectFiles, discover_subjects, load_subject
 from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, require_key, subset_label
-from mmhvae.model.mmgan import VARIANT as MMGAN_VARIANT
+from mmhvae.model.registry import ZERO_IMPUTATION_NETWORKS
 from mmhvae.model_file import LoadedModel, load_model_file
 from mmhvae.predict import prepare_for_model, resolve_device, synthesise
 
@@ -60,11 +60,11 @@ class AnalysisResult:
 
 
 def load_model(model: str | Path, device: str) -> LoadedModel:
-    """A model file whose network has a stochastic z_1 (MM-GAN has no latent to analyse)."""
+    """A model file whose network has a stochastic z_1 (MM-GAN and ResViT have no latent to analyse)."""
     loaded = load_model_file(model, resolve_device(device))
-    if loaded.variant == MMGAN_VARIANT:
-        raise InputError("the analyses need an MMHVAE model (this file holds the MM-GAN baseline, which has no "
-                         "latent variables)", model)
+    if loaded.variant in ZERO_IMPUTATION_NETWORKS:
+        raise InputError(f"the analyses need an MMHVAE model (this file holds the {loaded.variant} baseline, which "
+                         "has no latent variables)", model)
     return loaded
 
 

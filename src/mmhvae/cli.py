@@ -17,6 +17,10 @@ from mmhvae.allocator import keep_freed_memory
 from mmhvae.errors import InputError
 from mmhvae.modalities import PAPER_MODALITIES, ModalitySet, subset_label
 
+# Every method of model/registry.py's METHODS (spelt out: importing the registry imports torch, too slow for
+# `--help`; a test keeps the two equal).
+ALL_METHODS = "mmhvae,mopoe,average,concat-zeros,mmgan,resvit,m2dn"
+
 
 def _modality_set(text: str) -> ModalitySet:
     try:
@@ -295,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     # torch; an unknown method is refused by `train` as a one-line input error.
     train.add_argument("--method", default=None,
                        help="mmhvae (default, or the config's train.method) or a baseline: mopoe (L = 1), average, "
-                            "concat-zeros (one encoder), mmgan (U-Net GAN)")
+                            "concat-zeros (one encoder), mmgan (U-Net GAN), resvit (transformer GAN), m2dn (diffusion)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     train.set_defaults(func=run_train)
 
@@ -336,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--folds", type=int, default=None,
                           help="instead of --model: K-fold cross-validation on --data, training every --methods "
                                "on each fold (stratified by missingness pattern) and pooling the test folds")
-    evaluate.add_argument("--methods", default="mmhvae,mopoe,average,concat-zeros,mmgan",
+    evaluate.add_argument("--methods", default=ALL_METHODS,
                           help="with --folds: comma-separated methods to train and compare")
     evaluate.add_argument("--config", default="tiny", help="with --folds: tiny, paper or a YAML file")
     evaluate.add_argument("--max-steps", type=int, default=None, help="with --folds: training steps per model")
@@ -383,13 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--config", default=None, help="tiny, paper or a YAML file")
     source.add_argument("--model", default=None, type=Path, nargs="+", help="model file(s) or run folder(s)")
     info.add_argument("--methods", default=None,
-                      help="with --config: these methods' networks, e.g. mmhvae,mopoe,average,concat-zeros,mmgan")
+                      help="with --config: these methods' networks, e.g. " + ALL_METHODS)
     info.add_argument("--latency", action="store_true", help="also time one forward pass per slice")
     info.set_defaults(func=run_info)
 
     bench = verbs.add_parser("benchmark", help="parameters, MACs, latency, training step time and memory")
     bench.add_argument("--configs", default="tiny,paper", help="comma-separated presets or YAML files")
-    bench.add_argument("--methods", default="mmhvae,mopoe,average,concat-zeros,mmgan", help="comma-separated methods")
+    bench.add_argument("--methods", default=ALL_METHODS, help="comma-separated methods")
     bench.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median), after a warm-up")
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     bench.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],

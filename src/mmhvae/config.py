@@ -21,10 +21,14 @@ from mmhvae.data.dataset import PreprocessConfig
 from mmhvae.errors import InputError
 from mmhvae.files import write_text_atomic
 from mmhvae.modalities import ModalitySet
-from mmhvae.model.mmgan import VARIANT as MMGAN_VARIANT
-from mmhvae.model.mmgan import MMGANConfig
 from mmhvae.model.mmhvae import MMHVAEConfig
-from mmhvae.model.registry import METHODS, recipe_on_switch
+from mmhvae.model.registry import (
+    METHODS,
+    ZERO_IMPUTATION_NETWORKS,
+    NetworkConfig,
+    recipe_on_switch,
+    zero_imputation_config,
+)
 
 PRESETS = ("tiny", "paper")
 
@@ -80,8 +84,9 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    # MMGANConfig (a model section with `variant: mmgan`) only for train.method "mmgan".
-    model: MMHVAEConfig | MMGANConfig = field(default_factory=MMHVAEConfig)
+    # A zero-imputation generator's configuration (a model section with `variant: mmgan`, `resvit` or `m2dn`)
+    # only for the train.method of that name.
+    model: NetworkConfig = field(default_factory=MMHVAEConfig)
     data: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -164,9 +169,13 @@ def from_mapping(values: Any, source: str, base: RunConfig) -> RunConfig:
         base = preset(values["base"])
     base_model = base.model
     model_values = values.get("model", {})
-    if isinstance(model_values, dict) and model_values.get("variant") == MMGAN_VARIANT:
-        # An MM-GAN network; fields it leaves out follow the preset (same grid, comparable width).
-        base_model = base_model if isinstance(base_model, MMGANConfig) else MMGANConfig.like(base_model)
+    variant = model_values.get("variant") if isinstance(model_values, dict) else None
+    if variant in ZERO_IMPUTATION_NETWORKS:
+        # A zero-imputation generator; fields it leaves out follow the preset (same grid, scaled widths).
+        try:
+            base_model = zero_imputation_config(variant, base_model)
+        except ValueError as exc:
+            raise InputError(f"section 'model': {exc}", source) from None
     model = _update(base_model, model_values, "model", source)
     data = _update(base.data, values.get("data", {}), "data", source)
     train_values = values.get("train", {})
@@ -174,13 +183,14 @@ def from_mapping(values: Any, source: str, base: RunConfig) -> RunConfig:
     if train.method not in METHODS:
         raise InputError(f"field 'train.method': unknown method {train.method!r} (methods: {', '.join(METHODS)})",
                          source)
-    if isinstance(model, MMGANConfig) and train.method != "mmgan":
+    model_variant = getattr(model, "variant", None)
+    if model_variant in ZERO_IMPUTATION_NETWORKS and train.method != model_variant:
         if "method" in train_values:
-            raise InputError(f"train.method {train.method!r} does not match the model section (variant mmgan)",
-                             source)
-        train = dataclasses.replace(train, method="mmgan")  # the model section says what is trained
-    if train.method == "mmgan" and isinstance(model, MMHVAEConfig):
-        model = MMGANConfig.like(model)  # an MM-GAN on the same grid, of comparable size
+            raise InputError(f"train.method {train.method!r} does not match the model section (variant "
+                             f"{model_variant})", source)
+        train = dataclasses.replace(train, method=model_variant)  # the model section says what is trained
+    if train.method in ZERO_IMPUTATION_NETWORKS and isinstance(model, MMHVAEConfig):
+        model = zero_imputation_config(train.method, model)  # on the same grid, widths scaled
     # A file that switches method gets the method's recipe, under the values it sets itself.
     train = dataclasses.replace(train, **recipe_on_switch(base.train.method, train.method, keep=train_values))
     # Checked at load, not in training, and saved under canonical keys (`T2F: 2` is written `flair: 2.0`).

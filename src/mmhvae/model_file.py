@@ -21,9 +21,9 @@ from mmhvae.errors import InputError
 from mmhvae.files import atomic_path
 from mmhvae.model.authors import VARIANT as AUTHORS_VARIANT
 from mmhvae.model.authors import AuthorsMMHVAE
-from mmhvae.model.mmgan import MMGAN
 from mmhvae.model.mmhvae import MMHVAE
 from mmhvae.model.registry import MMHVAE_VARIANT, build_network
+from mmhvae.model.zero_imputation import ZeroImputationGenerator
 
 FORMAT = "mmhvae-model"
 FORMAT_VERSION = 1
@@ -42,7 +42,7 @@ def weights_checksum(state_dict: dict[str, torch.Tensor]) -> str:
 
 @dataclass
 class LoadedModel:
-    model: MMHVAE | MMGAN | AuthorsMMHVAE
+    model: MMHVAE | ZeroImputationGenerator | AuthorsMMHVAE
     preprocess: PreprocessConfig
     meta: dict[str, Any]
 
@@ -52,7 +52,8 @@ class LoadedModel:
 
     @property
     def variant(self) -> str:
-        """Which network the file holds: "mmhvae" (ours), "mmgan" (baseline) or "authors" (`import-authors`)."""
+        """Which network the file holds: "mmhvae" (ours), "mmgan" or "resvit" (baselines) or "authors"
+        (`import-authors`)."""
         return getattr(self.model.config, "variant", MMHVAE_VARIANT)
 
     @property
@@ -62,8 +63,8 @@ class LoadedModel:
         return None if value is None else float(value)
 
 
-def save_model_file(path: str | Path, model: MMHVAE | MMGAN | AuthorsMMHVAE, preprocess: PreprocessConfig,
-                    meta: dict[str, Any] | None = None) -> Path:
+def save_model_file(path: str | Path, model: MMHVAE | ZeroImputationGenerator | AuthorsMMHVAE,
+                    preprocess: PreprocessConfig, meta: dict[str, Any] | None = None) -> Path:
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {
         "format": FORMAT,

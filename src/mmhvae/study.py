@@ -385,8 +385,10 @@ def phantom_benchmark(work: str | Path, page: str | Path, settings: PhantomBench
         "input combination and target is scored.",
         f"- Equal budgets: every model is trained by `mmhvae train --config {settings.config} --method M` for "
         f"{settings.steps} steps of batch {base.train.batch_size} (T = {base.train.passes} passes), seed "
-        f"{base.train.seed}; the GAN term (when the method has one) starts at {base.train.gan_start:.0%} of the "
-        f"steps. Temperature {settings.temperature} at test time.",
+        f"{base.train.seed}; the GAN term of the MMHVAE family starts at {base.train.gan_start:.0%} of the "
+        "steps, while MM-GAN and ResViT train with their own recipes (L1, Adam at 2e-4, adversarial term from the "
+        "first step) and M2DN with its own (L1, Adam at 1e-4, no adversarial term; model/registry.py). "
+        f"Temperature {settings.temperature} at test time.",
         f"- Metrics: per 2D slice inside the ultrasound field of view, {metrics.SCALE_NOTE}; "
         "LPIPS AlexNet v0.1. Mean-image: the training set's mean image of each target.",
         "- The budget is the number of steps; the minutes are wall time on 2 CPU cores, longer where a run "

@@ -10,8 +10,9 @@ Each modality present in the batch is encoded once and its features are reused f
 draws are batched into one decoding pass), which is exact: the encoders see only their own modality.
 
 Baselines (`train(..., method=...)`, `mmhvae train --method`, model/registry.py): mopoe, average and
-concat-zeros are MMHVAE configurations trained by this same step; mmgan (MM-GAN) has its own generator step
-in `MMGANModule`, which shares everything else (data, critics, memory, EMA, checkpoints, resume, logging).
+concat-zeros are MMHVAE configurations trained by this same step; the zero-imputation generators (mmgan,
+resvit) have their own generator step in `ZeroImputationGANModule`, and the diffusion baseline m2dn its denoising
+step in `M2DNModule`; both share everything else (data, critics, memory, EMA, checkpoints, resume, logging).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from mmhvae.errors import InputError
 from mmhvae.io import SubjectFiles
 from mmhvae.modalities import ModalitySet, Subset, SubsetSampler, subset_from_code
 from mmhvae.model import critic as critics
-from mmhvae.model.mmgan import MMGAN
-from mmhvae.model.registry import build_network, network_config_for_method, recipe_on_switch
+from mmhvae.model.registry import ZERO_IMPUTATION_NETWORKS, build_network, network_config_for_method, recipe_on_switch
+from mmhvae.model.zero_imputation import ZeroImputationGenerator
 from mmhvae.model_file import save_model_file
 
 MODEL_FILE = "model.pt"
@@ -94,7 +95,7 @@ class MMHVAEModule(pl.LightningModule):
         self.run_config = from_mapping(run, "<checkpoint>", RunConfig())
         cfg, train = self.run_config.model, self.run_config.train
         self.modalities = ModalitySet(tuple(cfg.modalities))
-        self.model = build_network(cfg.to_dict())  # MMHVAE, or MM-GAN for MMGANModule
+        self.model = build_network(cfg.to_dict())  # MMHVAE, or a zero-imputation generator (ZeroImputationGANModule)
         if train.activation_checkpointing and hasattr(self.model, "recompute_levels"):
             self.model.recompute_levels(train.activation_checkpointing)
         freeze_all_but(self.model, train.trainable)
@@ -321,29 +322,34 @@ class MMHVAEModule(pl.LightningModule):
         self.initialised_from = state.get("init_from")
 
 
-class MMGANModule(MMHVAEModule):
-    """MM-GAN (Sharma & Hamarneh, IEEE TMI 2019) trained with the machinery of `MMHVAEModule`: same data
-    module, per-modality critics and their update, memory of real images, EMA, checkpoints, exact resume,
-    logging and validation. Only the network, the generator's optimiser and the generator step differ.
+class ZeroImputationGANModule(MMHVAEModule):
+    """The zero-imputation GANs, MM-GAN (Sharma & Hamarneh, IEEE TMI 2019) and ResViT (Dalmaz et al., IEEE TMI
+    2022), trained with the machinery of `MMHVAEModule`: same data module, per-modality critics and their
+    update, memory of real images, EMA, checkpoints, exact resume, logging and validation. Only the network,
+    the generator's optimiser and the generator step differ.
 
     One step: T = train.passes draws of a random non-empty subset of the batch's observed modalities (MM-GAN's
-    random input dropping, uniform over the subsets; T draws so that both methods see as many (slice, input
+    random input dropping, uniform over the subsets; T draws so that every method sees as many (slice, input
     subset) pairs per step), zeros for the dropped modalities; loss (1 - w) L1 + w LSGAN with w =
-    train.gan_weight (MM-GAN: lambda = 0.9 on L1, 0.1 adversarial, from the first step), the L1 averaged over
-    every observed modality, the adversarial term over all modalities. Then the critics' update of
-    Algorithm 1 (lines 27-35), as for MMHVAE.
+    train.gan_weight (MM-GAN: lambda = 0.9 on L1, 0.1 adversarial; ResViT: 100 on L1, 1 adversarial; both
+    from the first step), the L1 averaged over every observed modality (synthesised and reconstructed, as
+    ResViT's unified model), the adversarial term over all modalities. Then the critics' update of Algorithm 1
+    (lines 27-35), as for MMHVAE.
     """
+
+    adam_betas = (0.5, 0.999)  # MM-GAN's and ResViT's
 
     def __init__(self, run: dict[str, Any]):
         super().__init__(run)
-        if not isinstance(self.model, MMGAN):
-            raise ValueError("MMGANModule needs a run whose model section is an MM-GAN (variant: mmgan)")
+        if not isinstance(self.model, ZeroImputationGenerator):
+            raise ValueError("ZeroImputationGANModule needs a run whose model section is a zero-imputation "
+                             f"generator (variant: {' or '.join(ZERO_IMPUTATION_NETWORKS)})")
 
     def configure_optimizers(self):
         train = self.run_config.train
-        # MM-GAN's optimiser, Adam with betas (0.5, 0.999), for the generator (MMHVAE: Adamax); the critic
+        # The method's Adam (MM-GAN and ResViT: betas (0.5, 0.999)) for the generator (MMHVAE: Adamax); the critic
         # optimiser and the step-wise cosine schedule (constant when lr_final == lr) are MMHVAE's.
-        generator = torch.optim.Adam(trained_parameters(self.model), lr=train.lr, betas=(0.5, 0.999))
+        generator = torch.optim.Adam(trained_parameters(self.model), lr=train.lr, betas=self.adam_betas)
         critic = torch.optim.Adam(self.critics.parameters(), lr=train.critic_lr, betas=(0.5, 0.999))
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(generator, T_max=max(1, train.max_steps),
                                                             eta_min=train.lr_final)
@@ -355,7 +361,7 @@ class MMGANModule(MMHVAEModule):
         return [subset_from_code(observed, code) for code in codes.tolist()]
 
     def generator_losses(self, batch: dict[str, Tensor], subsets: Tensor) -> dict[str, Tensor]:
-        """MM-GAN's generator loss, (1 - w) L1 + w LSGAN, averaged over the batch and the T input subsets."""
+        """The generator loss, (1 - w) L1 + w LSGAN, averaged over the batch and the T input subsets."""
         train = self.run_config.train
         targets, present = batch["targets"], batch["present"].bool()
         output, rows = self.decode_passes(batch, subsets)
@@ -366,13 +372,37 @@ class MMGANModule(MMHVAEModule):
         losses = {"image": image, "total": image}
         weight = gan_weight(self.global_step, train)
         if weight > 0:
-            # critic.py's LSGAN carries a factor 1/2 that MM-GAN's MSELoss does not; MM-GAN's single critic
-            # averages over channels, so the per-modality terms are averaged.
+            # critic.py's LSGAN carries a factor 1/2 that MM-GAN's and ResViT's MSELoss do not; their single
+            # critic averages over channels, so the per-modality terms are averaged.
             losses["gan"] = sum(2 * critics.generator_loss(self.critics(key, output.images[:, j]), train.gan_loss)
                                 for j, key in enumerate(self.modalities)) / len(self.modalities)
             losses["total"] = (1 - weight) * image + weight * losses["gan"]
         losses["fake"] = output.images.detach()
         return losses
+
+
+class M2DNModule(ZeroImputationGANModule):
+    """M2DN (model/m2dn.py) trained with the same machinery: T = train.passes random non-empty subsets of the
+    batch's observed modalities per step, as for MM-GAN; for each (slice, subset) one denoising task at a random
+    step of the Brownian bridge, scored by the L1 between the predicted and the harmonised images of the
+    observed modalities. No adversarial term (its recipe sets train.gan_weight 0, so the critics rest)."""
+
+    adam_betas = (0.9, 0.999)  # torch's default, as BBDM's
+
+    def generator_losses(self, batch: dict[str, Tensor], subsets: Tensor) -> dict[str, Tensor]:
+        train = self.run_config.train
+        inputs, targets, present = batch["inputs"], batch["targets"], batch["present"].bool()
+        passes, size = subsets.shape[0], inputs.shape[0]
+        rows = torch.arange(size, device=inputs.device).repeat(passes)
+        observed = present[rows]
+        # The bridge needs an x_0 for every modality: 0 where the slice has no image (never scored).
+        x0 = torch.where(observed[:, :, None, None], targets[rows], torch.zeros_like(targets[rows]))
+        inputs_of_rows = torch.where(present[rows][:, :, None, None], inputs[rows], torch.zeros_like(x0))
+        prediction = self.model.training_prediction(inputs_of_rows, subsets.repeat_interleave(size, dim=0), x0,
+                                                    generator=self.latent_generator(inputs.device))
+        errors = image_error(prediction, targets[rows], train.image_loss) * self.image_loss_weights.to(targets)
+        image = (errors * observed).sum() / observed.sum().clamp(min=1)
+        return {"image": image, "total": image, "fake": prediction.detach()}
 
 
 def first_present_only(present: Tensor) -> Tensor:
@@ -478,7 +508,9 @@ def with_method(run: RunConfig, method: str) -> RunConfig:
 
 def module_for(run: RunConfig) -> MMHVAEModule:
     """The Lightning module that trains `run.train.method`."""
-    module_class = MMGANModule if run.train.method == "mmgan" else MMHVAEModule
+    if run.train.method == "m2dn":
+        return M2DNModule(run.to_dict())
+    module_class = ZeroImputationGANModule if run.train.method in ZERO_IMPUTATION_NETWORKS else MMHVAEModule
     return module_class(run.to_dict())
 
 

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from mmhvae.model.distributions import (
     Gaussian,
     RowNoise,
+    bridge_marginal,
+    bridge_step,
     inverse_std_fusion,
     kl_divergence,
     kl_single_sample,
@@ -211,3 +213,35 @@ def test_row_noise_depends_on_the_row_key_only_not_on_the_batch():
     noise = RowNoise(torch.tensor([7, 7, 9]), seed=1)
     sample = Gaussian(torch.ones(shape), torch.zeros(shape)).sample(0.5, noise)
     torch.testing.assert_close(sample, 1 + 0.5 * draws[0])
+
+
+def test_a_bridge_step_is_the_conditional_of_the_forward_chain() -> None:
+    """Sample x_s from the bridge's marginal, then x_t from the forward transition; the regression of x_s on
+    x_t is linear with the mean and the residual variance bridge_step states."""
+    torch.manual_seed(0)
+    x0, y, m_s, m_t, n = torch.tensor(0.3), torch.tensor(-0.8), 0.3, 0.7, 400_000
+    x_s = bridge_marginal(x0.expand(n), y.expand(n), torch.tensor(m_s)).sample()
+    a = (1 - m_t) / (1 - m_s)
+    delta_ts = 2 * (m_t - m_t**2) - a * a * 2 * (m_s - m_s**2)
+    x_t = a * x_s + (m_t - a * m_s) * y + math.sqrt(delta_ts) * torch.randn(n)
+    assert x_t.mean().item() == pytest.approx((1 - m_t) * 0.3 + m_t * -0.8, abs=5e-3)  # the marginal at m_t
+    slope, intercept = torch.linalg.lstsq(torch.stack([x_t, torch.ones(n)], 1), x_s[:, None]).solution[:, 0]
+    residual = (x_s - slope * x_t - intercept).var().item()
+    for value in (-0.5, 0.1, 0.6):
+        mean, variance = bridge_step(torch.tensor(value), x0, y, m_t, m_s)
+        assert mean.item() == pytest.approx((slope * value + intercept).item(), abs=5e-3)
+        assert variance.item() == pytest.approx(residual, rel=2e-2)
+
+
+def test_the_bridge_is_pinned_at_both_ends() -> None:
+    x0, y, x_t = torch.randn(5), torch.randn(5), torch.randn(5)
+    assert torch.equal(bridge_marginal(x0, y, torch.tensor(1.0)).mean, y)
+    assert bridge_marginal(x0, y, torch.tensor(0.0)).std.max() < 1e-9
+    mean, variance = bridge_step(x_t, x0, y, 1.0, 0.5)  # from t = T (x_T = y): the marginal at m_s
+    torch.testing.assert_close(mean, 0.5 * x0 + 0.5 * y)
+    torch.testing.assert_close(variance, torch.full((5,), 0.5))
+    mean, variance = bridge_step(x_t, x0, y, 0.2, 0.0)  # to s = 0: x_0 itself
+    torch.testing.assert_close(mean, x0)
+    assert variance.abs().max() == 0
+    with pytest.raises(ValueError, match="m_s < m_t"):
+        bridge_step(x_t, x0, y, 0.3, 0.3)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from network_inputs import SIZE, B, M, all_present, count_parameters, mask, random_images
 
 from mmhvae.config import load_config
 from mmhvae.model.mmgan import MMGAN, MMGANConfig
 from mmhvae.model.mmhvae import MMHVAE, EncodedImages, MMHVAEConfig
 from mmhvae.model.registry import build_network, network_config_for_method, network_config_from_dict
-
-B, M, SIZE = 3, 4, 64
 
 
 @pytest.fixture(scope="module")
@@ -18,23 +17,6 @@ def tiny_gan() -> MMGAN:
     torch.manual_seed(0)
     return MMGAN(MMGANConfig.like(MMHVAEConfig.tiny())).eval()
 
-
-def random_images(batch: int = B, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, M, SIZE, SIZE, generator=generator) * 2 - 1
-
-
-def mask(*rows: str) -> torch.Tensor:
-    """mask("1100", "0010") -> bool [2, 4]."""
-    return torch.tensor([[c == "1" for c in row] for row in rows])
-
-
-def all_present(batch: int = B) -> torch.Tensor:
-    return torch.ones(batch, M, dtype=torch.bool)
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def test_shapes_range_and_no_kl(tiny_gan: MMGAN) -> None:
@@ -129,7 +111,7 @@ def test_registry_builds_both_variants_and_state_dicts_round_trip(tmp_path) -> N
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert isinstance(network_config_from_dict({**MMHVAEConfig.tiny().to_dict(), "variant": "mmhvae"}), MMHVAEConfig)
     with pytest.raises(ValueError, match="unknown network variant"):
-        network_config_from_dict({"variant": "resvit"})
+        network_config_from_dict({"variant": "pix2pix"})
 
 
 def test_methods_map_to_network_configurations() -> None:
@@ -142,6 +124,6 @@ def test_methods_map_to_network_configurations() -> None:
     gan = network_config_for_method("mmgan", tiny)
     assert isinstance(gan, MMGANConfig) and network_config_for_method("mmgan", gan) == gan
     with pytest.raises(ValueError, match="unknown method"):
-        network_config_for_method("resvit", tiny)
+        network_config_for_method("pix2pix", tiny)
     with pytest.raises(ValueError, match="needs an MMHVAE"):
         network_config_for_method("mopoe", gan)

@@ -7,10 +7,9 @@ import shutil
 
 import pytest
 import torch
+from network_inputs import SIZE, B, M, all_present, count_parameters, mask, random_images
 
 from mmhvae.model.mmhvae import MMHVAE, EncodedImages, EncodedModalities, MMHVAEConfig
-
-B, M, SIZE = 3, 4, 64
 
 
 @pytest.fixture(scope="module")
@@ -18,23 +17,6 @@ def tiny_model() -> MMHVAE:
     torch.manual_seed(0)
     return MMHVAE(MMHVAEConfig.tiny())
 
-
-def random_images(batch: int = B, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, M, SIZE, SIZE, generator=generator) * 2 - 1
-
-
-def mask(*rows: str) -> torch.Tensor:
-    """mask("1100", "0010") -> bool [2, 4]."""
-    return torch.tensor([[c == "1" for c in row] for row in rows])
-
-
-def all_present(batch: int = B) -> torch.Tensor:
-    return torch.ones(batch, M, dtype=torch.bool)
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def test_tiny_output_shapes(tiny_model: MMHVAE) -> None:

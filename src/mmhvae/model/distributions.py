@@ -59,6 +59,14 @@ class RowNoise:
         return per_key[self.row_to_key.to(device)]
 
 
+def standard_normal_like(x: torch.Tensor, generator: torch.Generator | RowNoise | None = None) -> torch.Tensor:
+    """N(0, I) noise with the shape, dtype and device of `x`, from a torch generator (or the global one) or
+    the next draw of a RowNoise."""
+    if isinstance(generator, RowNoise):
+        return generator.draw(x.shape, x.dtype, x.device)
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
 @dataclass
 class Gaussian:
     """Diagonal Gaussian N(mean, diag(exp(logvar))); all operations are elementwise."""
@@ -99,13 +107,7 @@ class Gaussian:
         """
         if temperature == 0:
             return self.mean
-        if isinstance(generator, RowNoise):
-            eps = generator.draw(self.mean.shape, self.mean.dtype, self.mean.device)
-        else:
-            eps = torch.randn(
-                self.mean.shape, generator=generator, dtype=self.mean.dtype, device=self.mean.device
-            )
-        return self.mean + temperature * self.std * eps
+        return self.mean + temperature * self.std * standard_normal_like(self.mean, generator)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Elementwise log-density log N(x; mean, var)."""
@@ -206,3 +208,44 @@ def product_of_two(a: Gaussian, b: Gaussian) -> Gaussian:
     precision = torch.exp(-a.logvar) + torch.exp(-b.logvar)
     mean = (a.mean * torch.exp(-a.logvar) + b.mean * torch.exp(-b.logvar)) / precision
     return Gaussian(mean, -torch.log(precision))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Brownian bridge (BBDM, Li et al., CVPR 2023), for the M2DN baseline of Table I (model/m2dn.py)
+# ----------------------------------------------------------------------------------------------------
+
+
+def bridge_variance(m: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """delta_t = 2 s (m_t - m_t^2): the bridge's variance at position m_t = t / T, 0 at both ends."""
+    return 2.0 * scale * (m - m * m)
+
+
+def bridge_marginal(x0: torch.Tensor, y: torch.Tensor, m: torch.Tensor, scale: float = 1.0) -> Gaussian:
+    """q(x_t | x_0, y) = N((1 - m_t) x_0 + m_t y, delta_t): the bridge from x_0 (t = 0) to y (t = T).
+
+    `m` broadcasts against the images (e.g. [B, 1, 1, 1])."""
+    variance = bridge_variance(m, scale).expand_as(x0)
+    return Gaussian((1 - m) * x0 + m * y, torch.log(variance.clamp(min=1e-20)))
+
+
+def bridge_step(x_t: torch.Tensor, x0: torch.Tensor, y: torch.Tensor, m_t: float, m_s: float,
+                scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, variance) of q(x_s | x_t, x_0, y) for s < t: one reverse step of the bridge, any stride.
+
+    The forward transition is q(x_t | x_s, y) = N(a x_s + (m_t - a m_s) y, delta_t|s) with
+    a = (1 - m_t) / (1 - m_s) and delta_t|s = delta_t - a^2 delta_s; conditioning the marginal of x_s on x_t
+    gives mean (delta_t|s mu_s + a delta_s (x_t - (m_t - a m_s) y)) / delta_t and variance
+    delta_s delta_t|s / delta_t. At t = T the bridge is pinned (x_T = y, delta_T = 0) and the step is the
+    marginal of x_s; at s = 0 it is x_0 itself.
+    """
+    if not 0.0 <= m_s < m_t <= 1.0:
+        raise ValueError(f"need 0 <= m_s < m_t <= 1, got m_s={m_s}, m_t={m_t}")
+    mu_s = (1 - m_s) * x0 + m_s * y
+    delta_s = 2.0 * scale * (m_s - m_s * m_s)
+    delta_t = 2.0 * scale * (m_t - m_t * m_t)
+    if delta_t <= 0.0 or delta_s <= 0.0:  # pinned end: x_T = y carries no information on x_s; x_0 is known
+        return mu_s, torch.full_like(mu_s, delta_s)
+    a = (1 - m_t) / (1 - m_s)
+    delta_ts = delta_t - a * a * delta_s
+    mean = (delta_ts * mu_s + a * delta_s * (x_t - (m_t - a * m_s) * y)) / delta_t
+    return mean, torch.full_like(mean, delta_s * delta_ts / delta_t)

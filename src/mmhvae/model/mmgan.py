@@ -9,22 +9,20 @@ Differences from the original, all deliberate: the output for an input modality 
 (harmonised) image, not the input copied back ("implicit conditioning"), because our targets are harmonised
 images (the harmonisation task of Table I); critics are our per-modality PatchGAN critics (`model/critic.py`).
 
-The network exposes the same inference interface as `MMHVAE` (`encode` then `decode`, returning an
-`MMHVAEOutput` with no KL), so `predict` and `evaluate` use it unchanged. It is deterministic: temperature,
-sampling and the latent generator are accepted and ignored.
+The network has the inference interface of `MMHVAE` through `ZeroImputationGenerator` (model/zero_imputation.py),
+shared with ResViT; it is deterministic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from mmhvae.model.distributions import RowNoise
-from mmhvae.model.mmhvae import EncodedImages, MMHVAEConfig, MMHVAEOutput, PlainDictConfig
+from mmhvae.model.mmhvae import MMHVAEConfig, PlainDictConfig
+from mmhvae.model.zero_imputation import ZeroImputationGenerator, config_checker
 
 VARIANT = "mmgan"
 
@@ -44,16 +42,8 @@ class MMGANConfig(PlainDictConfig):
     variant: str = VARIANT
 
     def __post_init__(self) -> None:
-        self.modalities = tuple(self.modalities)
+        check = config_checker(self, VARIANT)
         self.channels = tuple(int(c) for c in self.channels)
-
-        def check(condition: bool, problem: str) -> None:
-            if not condition:
-                raise ValueError(f"MMGANConfig: {problem}")
-
-        check(self.variant == VARIANT, f"variant must be '{VARIANT}', got {self.variant!r}")
-        check(len(self.modalities) > 0, "at least one modality is needed")
-        check(len(set(self.modalities)) == len(self.modalities), f"duplicate modalities {self.modalities}")
         check(len(self.channels) >= 2 and all(c > 0 for c in self.channels),
               f"channels needs at least two positive entries, got {self.channels}")
         levels = len(self.channels) - 1
@@ -73,8 +63,10 @@ class MMGANConfig(PlainDictConfig):
         return cls(**settings)
 
 
-class MMGAN(nn.Module):
+class MMGAN(ZeroImputationGenerator):
     """MM-GAN generator: [B, M, H, W] with zeros for missing modalities -> all M images in [-1, 1]."""
+
+    config_class = MMGANConfig
 
     def __init__(self, config: MMGANConfig):
         super().__init__()
@@ -96,65 +88,5 @@ class MMGAN(nn.Module):
             dropout=config.dropout,
         )
 
-    @classmethod
-    def from_config(cls, config: MMGANConfig | Mapping[str, Any]) -> MMGAN:
-        if not isinstance(config, MMGANConfig):
-            config = MMGANConfig.from_dict(config)
-        return cls(config)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.config.to_dict()
-
-    @property
-    def num_modalities(self) -> int:
-        return len(self.config.modalities)
-
-    def encode(self, images: Tensor, present: Tensor) -> EncodedImages:
-        """Keep the images (absent modalities zeroed; they may hold anything, NaN included): the generator's
-        input depends on the subset, so the work happens in `decode`."""
-        present = self._check_mask(present, images.shape[0], "present")
-        if images.ndim != 4 or images.shape[1] != self.num_modalities:
-            raise ValueError(f"images must be [B, {self.num_modalities}, H, W], got {tuple(images.shape)}")
-        size = self.config.image_size
-        if images.shape[-2:] != (size, size):
-            raise ValueError(f"images must be {size}x{size}, got {tuple(images.shape[-2:])}")
-        return EncodedImages.from_images(images, present)
-
-    def decode(
-        self,
-        features: EncodedImages,
-        subset: Tensor,
-        temperature: float = 1.0,
-        sample: bool = True,
-        kl: str | None = None,
-        generator: torch.Generator | RowNoise | None = None,
-    ) -> MMHVAEOutput:
-        """All modalities from the modalities in `subset` ([B, M] bool, rows may differ), zeros elsewhere.
-
-        Deterministic: temperature, sample, kl and generator exist for interface compatibility with MMHVAE.
-        """
-        subset = self._check_mask(subset, features.batch_size, "subset")
-        if bool((subset & ~features.present).any()):
-            raise ValueError("subset selects a modality that was not encoded (not in `present`)")
-        if not isinstance(features, EncodedImages):
-            raise ValueError("MMGAN.decode needs features from MMGAN.encode (they hold the images)")
-        inputs = torch.where(subset[:, :, None, None], features.images, torch.zeros_like(features.images))
-        images = torch.tanh(self.unet(inputs))
-        return MMHVAEOutput(images=images, kl=[], kl_groups=(), z1_mean=None)
-
-    def forward(
-        self,
-        images: Tensor,
-        present: Tensor,
-        subset: Tensor | None = None,
-        temperature: float = 1.0,
-        sample: bool = True,
-    ) -> MMHVAEOutput:
-        """decode(encode(images, present), subset); subset defaults to all present modalities."""
-        features = self.encode(images, present)
-        return self.decode(features, features.present if subset is None else subset)
-
-    def _check_mask(self, mask: Tensor, batch: int, name: str) -> Tensor:
-        if mask.shape != (batch, self.num_modalities):
-            raise ValueError(f"{name} must be [{batch}, {self.num_modalities}], got {tuple(mask.shape)}")
-        return mask.to(torch.bool)
+    def generate(self, inputs: Tensor, subset: Tensor, generator=None) -> Tensor:
+        return torch.tanh(self.unet(inputs))

@@ -1,16 +1,21 @@
 """Which network a configuration describes, and the methods of `mmhvae train --method`.
 
 A network's configuration dict carries a `variant` key: missing or "mmhvae" (ours, `MMHVAEConfig`), "mmgan"
-(the MM-GAN baseline, `MMGANConfig`) or "authors" (the authors' released network, `AuthorsConfig`).
+(the MM-GAN baseline, `MMGANConfig`), "resvit" (`ResViTConfig`), "m2dn" (`M2DNConfig`) or "authors" (the
+authors' released network, `AuthorsConfig`).
 `build_network(config_dict)` is the one place that turns such a dict into a network (model files, runs).
 
-Methods (Section 4.3 baselines, Section 4.4.2 ablations) are MMHVAE configurations, except MM-GAN:
+Methods (Section 4.3 baselines, Section 4.4.2 ablations) are MMHVAE configurations, except the
+zero-imputation generators (MM-GAN, ResViT, M2DN; model/zero_imputation.py), whose variant is the method's name:
 - mmhvae: the configuration as given;
 - mopoe: one latent group, the global one (L = 1), Section 4.3 "MoPoE ... with a single latent variable";
 - average: deterministic average of per-modality features at each level (Section 4.4.2, "Average");
 - concat-zeros: one joint encoder on the concatenated images, zeros for missing ones (Section 4.4.2,
   "Concat. w/ zeros ... only one encoder is used"; not the feature-level `fusion: concat_zeros`);
-- mmgan: a U-Net generator with zero imputation and a PatchGAN critic (Sharma & Hamarneh, TMI 2019).
+- mmgan: a U-Net generator with zero imputation and a PatchGAN critic (Sharma & Hamarneh, TMI 2019);
+- resvit: the residual vision transformer generator with zero imputation (Dalmaz et al., TMI 2022);
+- m2dn: a conditional Brownian-bridge diffusion over all modalities, noise for missing ones (Meng et al., TMI
+  2024, as the paper adapted it).
 """
 
 from __future__ import annotations
@@ -23,13 +28,24 @@ from torch import nn
 
 from mmhvae.model.authors import VARIANT as AUTHORS_VARIANT
 from mmhvae.model.authors import AuthorsConfig, AuthorsMMHVAE
+from mmhvae.model.m2dn import M2DN, M2DNConfig
+from mmhvae.model.m2dn import VARIANT as M2DN_VARIANT
 from mmhvae.model.mmgan import MMGAN, MMGANConfig
 from mmhvae.model.mmgan import VARIANT as MMGAN_VARIANT
 from mmhvae.model.mmhvae import MMHVAE, MMHVAEConfig
+from mmhvae.model.resvit import VARIANT as RESVIT_VARIANT
+from mmhvae.model.resvit import ResViT, ResViTConfig
 
 MMHVAE_VARIANT = "mmhvae"
 
-METHODS = ("mmhvae", "mopoe", "average", "concat-zeros", "mmgan")
+METHODS = ("mmhvae", "mopoe", "average", "concat-zeros", "mmgan", "resvit", "m2dn")
+
+# The zero-imputation generators by method (= variant) name: their configuration and network classes.
+ZERO_IMPUTATION_NETWORKS: dict[str, tuple[type, type]] = {
+    MMGAN_VARIANT: (MMGANConfig, MMGAN),
+    RESVIT_VARIANT: (ResViTConfig, ResViT),
+    M2DN_VARIANT: (M2DNConfig, M2DN),
+}
 
 # Training recipe of a method where it differs from MMHVAE's, applied where a configuration switches to the
 # method (config.from_mapping, train.with_method); values a config file sets itself win. MM-GAN (Sharma &
@@ -38,6 +54,13 @@ METHODS = ("mmhvae", "mopoe", "average", "concat-zeros", "mmgan")
 METHOD_TRAIN_RECIPES: dict[str, dict[str, Any]] = {
     "mmgan": {"image_loss": "l1", "gan_weight": 0.1, "gan_start": 0.0, "lr": 2e-4, "lr_final": 2e-4,
               "critic_lr": 2e-4},
+    # ResViT (their code and README): L1 weighted 100 against the LSGAN term's 1, so w = 1/101, from the first
+    # step; Adam at 2e-4 for generator and critic, decayed to 0 (theirs: constant, then linear to 0).
+    "resvit": {"image_loss": "l1", "gan_weight": 1 / 101, "gan_start": 0.0, "lr": 2e-4, "lr_final": 0.0,
+               "critic_lr": 2e-4},
+    # M2DN (a diffusion model, no adversarial term): L1 on the predicted images, Adam at a constant 1e-4
+    # (BBDM's; M2DN's own settings are not published with code).
+    "m2dn": {"image_loss": "l1", "gan_weight": 0.0, "lr": 1e-4, "lr_final": 1e-4},
 }
 
 
@@ -56,20 +79,20 @@ MMHVAE_METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "concat-zeros": {"encoder": "joint", "fusion": "poe"},
 }
 
-NetworkConfig = MMHVAEConfig | MMGANConfig
+NetworkConfig = MMHVAEConfig | MMGANConfig | ResViTConfig | M2DNConfig
 
 
-def network_config_from_dict(values: Mapping[str, Any]) -> MMHVAEConfig | MMGANConfig | AuthorsConfig:
+def network_config_from_dict(values: Mapping[str, Any]) -> NetworkConfig | AuthorsConfig:
     """The configuration object a dict describes, chosen by its `variant` key (see the module docstring)."""
     variant = values.get("variant", MMHVAE_VARIANT)
     if variant == MMHVAE_VARIANT:
         return MMHVAEConfig.from_dict({k: v for k, v in values.items() if k != "variant"})
-    if variant == MMGAN_VARIANT:
-        return MMGANConfig.from_dict(values)
+    if variant in ZERO_IMPUTATION_NETWORKS:
+        return ZERO_IMPUTATION_NETWORKS[variant][0].from_dict(values)
     if variant == AUTHORS_VARIANT:
         return AuthorsConfig.from_dict(values)
-    raise ValueError(f"unknown network variant {variant!r} (known: {MMHVAE_VARIANT}, {MMGAN_VARIANT}, "
-                     f"{AUTHORS_VARIANT})")
+    known = ", ".join((MMHVAE_VARIANT, *ZERO_IMPUTATION_NETWORKS, AUTHORS_VARIANT))
+    raise ValueError(f"unknown network variant {variant!r} (known: {known})")
 
 
 def build_network(model_config: Mapping[str, Any]) -> nn.Module:
@@ -77,21 +100,34 @@ def build_network(model_config: Mapping[str, Any]) -> nn.Module:
     config = network_config_from_dict(model_config)
     if isinstance(config, MMHVAEConfig):
         return MMHVAE(config)
-    if isinstance(config, MMGANConfig):
-        return MMGAN(config)
-    return AuthorsMMHVAE(config)
+    if isinstance(config, AuthorsConfig):
+        return AuthorsMMHVAE(config)
+    return ZERO_IMPUTATION_NETWORKS[config.variant][1](config)
+
+
+def zero_imputation_config(method: str, config: NetworkConfig) -> NetworkConfig:
+    """The configuration of zero-imputation method `method` for a run's configuration: kept when it already
+    is one, else derived from an MMHVAE configuration (the method's `like`: same grid, scaled widths)."""
+    config_class = ZERO_IMPUTATION_NETWORKS[method][0]
+    if isinstance(config, config_class):
+        return config
+    if not isinstance(config, MMHVAEConfig):
+        raise ValueError(f"method {method!r} needs an MMHVAE or {method} model configuration, "
+                         f"got variant {config.variant!r}")
+    return config_class.like(config)
 
 
 def network_config_for_method(method: str, config: NetworkConfig) -> NetworkConfig:
     """The network configuration of `method`, derived from a run's configuration (idempotent).
 
-    MMHVAE-family methods override a few fields of an MMHVAE configuration; "mmgan" derives a U-Net of
-    comparable size from it (`MMGANConfig.like`), or keeps an MMGAN configuration as it is.
+    MMHVAE-family methods override a few fields of an MMHVAE configuration; the zero-imputation methods derive
+    their generator from it (`MMGANConfig.like`, `ResViTConfig.like`, `M2DNConfig.like`), or keep their own
+    configuration.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    if method == "mmgan":
-        return config if isinstance(config, MMGANConfig) else MMGANConfig.like(config)
+    if method in ZERO_IMPUTATION_NETWORKS:
+        return zero_imputation_config(method, config)
     if not isinstance(config, MMHVAEConfig):
         raise ValueError(f"method {method!r} needs an MMHVAE model configuration, got variant {config.variant!r}")
     return dataclasses.replace(config, **MMHVAE_METHOD_OVERRIDES[method])

@@ -1,0 +1,208 @@
+"""ResViT baseline (Dalmaz, Yurt & Cukur, "ResViT: Residual vision transformers for multimodal medical image
+synthesis", IEEE TMI 2022), the "ResViT [15]" row of the paper's Table I: "The original ResViT architecture was
+directly adopted. The unification strategy in ResViT uses zero-imputation as MM-GAN" (Section 4.3).
+
+The generator, as in the authors' code (icon-lab/ResViT, `models/residual_transformers.py`):
+- encoder: 7x7 convolution to `base_features` (ngf) channels, then two stride-2 3x3 convolutions (ngf -> 2 ngf
+  -> 4 ngf), each with a normalisation and ReLU; convolutions without bias except the last one of the network;
+- bottleneck: 9 "aggregated residual transformer" (ART) blocks at a quarter of the resolution. Every block
+  ends with a ResNet block (two 3x3 convolutions, no activation after the sum). Blocks 1 and 6 first run a
+  transformer branch: two stride-2 convolutions (4 ngf -> 8 ngf -> 16 ngf, a sixteenth of the resolution), a
+  1x1 patch embedding to `hidden_size` plus a learnt position embedding (dropout), a pre-norm ViT encoder
+  (`transformer_layers` layers, GELU MLP, final LayerNorm) that both blocks SHARE, two stride-2 transposed
+  convolutions back (hidden -> 8 ngf -> 4 ngf), concatenation with the block's input and a "channel
+  compression" residual block (3x3, 3x3, 1x1 projection skip) back to 4 ngf;
+- decoder: two stride-2 transposed convolutions (4 ngf -> 2 ngf -> ngf) and a 7x7 convolution to the M
+  images, tanh.
+
+As for MM-GAN (`model/mmgan.py`), the generator reads all M modalities, zeros where missing, and returns all M:
+the unified ResViT of its authors (their issue #17: missing channels set to the background value, every
+modality generated, sources also reconstructed with an L1 term), trained by `train.ZeroImputationGANModule`
+with ResViT's recipe (`registry.METHOD_TRAIN_RECIPES`). Differences from the original, all deliberate:
+- instance normalisation with affine parameters instead of batch normalisation: ResViT trains at batch size
+  1, where batch norm normalises every image by its own statistics, which instance norm does at any batch size
+  (and samples of a batch mixing input subsets never influence each other);
+- trained from scratch: no ImageNet-21k ViT weights (nothing is downloaded) and no Res-CNN pre-training stage;
+- our per-modality PatchGAN critics (`model/critic.py`), not their conditional PatchGAN.
+
+Sizes: `ResViTConfig()` is the original (ngf 64, ViT-B: hidden 768, 12 layers, 12 heads, MLP 3072), which
+`like` gives at the paper setting; at narrower settings every width shrinks (tiny: a quarter) so that it
+trains on a CPU in minutes like the other baselines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmhvae.model.mmhvae import MMHVAEConfig, PlainDictConfig
+from mmhvae.model.zero_imputation import ZeroImputationGenerator, config_checker
+
+VARIANT = "resvit"
+
+# MMHVAE's base width at the paper setting, where `like` returns the original ResViT.
+PAPER_BASE_FEATURES = 16
+
+
+@dataclass
+class ResViTConfig(PlainDictConfig):
+    """Architecture of the ResViT generator; defaults are the original's (Res-ViT-B_16). Round-trips through a
+    plain dict whose `variant` is "resvit"."""
+
+    modalities: tuple[str, ...] = ("us", "t2", "t1c", "flair")
+    image_size: int = 192
+    base_features: int = 64  # ngf; the bottleneck has 4 ngf channels, the transformer branch reaches 16 ngf
+    art_blocks: int = 9
+    transformer_blocks: tuple[int, ...] = (1, 6)  # which ART blocks (1-based) run the shared transformer
+    hidden_size: int = 768
+    transformer_layers: int = 12
+    heads: int = 12
+    mlp_size: int = 3072
+    dropout: float = 0.1  # on the embeddings and in the MLPs (ViT-B); attention dropout 0
+    variant: str = VARIANT
+
+    def __post_init__(self) -> None:
+        check = config_checker(self, VARIANT)
+        self.transformer_blocks = tuple(int(b) for b in self.transformer_blocks)
+        check(self.image_size % 16 == 0 and self.image_size >= 32,
+              f"image_size {self.image_size} must be a multiple of 16 (the transformer works at 1/16), at least 32")
+        check(min(self.base_features, self.art_blocks, self.hidden_size, self.transformer_layers, self.heads,
+                  self.mlp_size) > 0, "widths, block and layer counts must be positive")
+        check(self.hidden_size % self.heads == 0, f"hidden_size {self.hidden_size} must divide by heads {self.heads}")
+        check(all(1 <= b <= self.art_blocks for b in self.transformer_blocks)
+              and len(set(self.transformer_blocks)) == len(self.transformer_blocks),
+              f"transformer_blocks {self.transformer_blocks} must be distinct ART blocks 1..{self.art_blocks}")
+        check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+
+    @property
+    def token_grid(self) -> int:
+        """Side of the transformer's token grid (one token per position of the 1/16 map, patch size 1)."""
+        return self.image_size // 16
+
+    @classmethod
+    def like(cls, config: MMHVAEConfig, **overrides: Any) -> ResViTConfig:
+        """The ResViT for an MMHVAE configuration: same modalities and grid; the original widths at the paper
+        setting (base_features 16), every width times (base_features / 16)^2 below it (tiny: ngf 16, hidden 192,
+        3 heads, MLP 768), 12 layers throughout."""
+        scale = (config.base_features / PAPER_BASE_FEATURES) ** 2
+        heads = max(1, round(12 * scale))
+        settings: dict[str, Any] = dict(
+            modalities=config.modalities, image_size=config.image_size,
+            base_features=max(4, round(64 * scale)), hidden_size=heads * 64, heads=heads, mlp_size=heads * 256)
+        settings.update(overrides)
+        return cls(**settings)
+
+
+def conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    """A bias-free convolution (a normalisation follows), reflect-padded like ResViT's stride-1 convolutions."""
+    padding_mode = "reflect" if stride == 1 else "zeros"
+    return nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False,
+                     padding_mode=padding_mode)
+
+
+def norm(channels: int) -> nn.Module:
+    return nn.InstanceNorm2d(channels, affine=True)
+
+
+def conv_norm_relu(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(conv(in_channels, out_channels, kernel, stride), norm(out_channels), nn.ReLU(inplace=True))
+
+
+def up_norm_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Stride-2 3x3 transposed convolution (exact doubling), normalisation, ReLU."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1, bias=False),
+        norm(out_channels), nn.ReLU(inplace=True))
+
+
+class ResnetBlock(nn.Module):
+    """x + (conv3x3, norm, ReLU, conv3x3, norm)(x): ResViT's residual CNN block."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(conv_norm_relu(channels, channels, 3), conv(channels, channels, 3), norm(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class ChannelCompression(nn.Module):
+    """ReLU((conv3x3, norm, ReLU, conv3x3, norm)(x) + norm(conv1x1(x))): ResViT's 2C -> C fusion block."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.body = nn.Sequential(conv_norm_relu(in_channels, out_channels, 3), conv(out_channels, out_channels, 3),
+                                  norm(out_channels))
+        self.skip = nn.Sequential(conv(in_channels, out_channels, 1), norm(out_channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class TransformerBranch(nn.Module):
+    """The transformer path of an ART block, around a ViT encoder it may share with other blocks."""
+
+    def __init__(self, config: ResViTConfig, encoder: nn.TransformerEncoder):
+        super().__init__()
+        c = 4 * config.base_features
+        self.down = nn.Sequential(conv_norm_relu(c, 2 * c, 3, stride=2), conv_norm_relu(2 * c, 4 * c, 3, stride=2))
+        self.embed = nn.Conv2d(4 * c, config.hidden_size, kernel_size=1)  # patches of 1x1 on the 1/16 map
+        # Learnt, zero at the start (as ResViT's before its ImageNet weights are loaded).
+        self.position = nn.Parameter(torch.zeros(1, config.token_grid**2, config.hidden_size))
+        self.embed_dropout = nn.Dropout(config.dropout)
+        self.encoder = encoder
+        self.up = nn.Sequential(up_norm_relu(config.hidden_size, 2 * c), up_norm_relu(2 * c, c))
+        self.compress = ChannelCompression(2 * c, c)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.embed(self.down(x))
+        side = tokens.shape[-1]
+        sequence = self.embed_dropout(tokens.flatten(2).transpose(1, 2) + self.position)  # [B, N, hidden]
+        encoded = self.encoder(sequence).transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
+        return self.compress(torch.cat([x, self.up(encoded)], dim=1))
+
+
+class ARTBlock(nn.Module):
+    """Aggregated residual transformer block: (transformer branch, then) a ResNet block."""
+
+    def __init__(self, channels: int, branch: TransformerBranch | None = None):
+        super().__init__()
+        self.branch = branch
+        self.resnet = ResnetBlock(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.resnet(x if self.branch is None else self.branch(x))
+
+
+def vit_encoder(config: ResViTConfig) -> nn.TransformerEncoder:
+    """ViT-style encoder: pre-norm layers (LayerNorm eps 1e-6), GELU MLP, a final LayerNorm."""
+    layer = nn.TransformerEncoderLayer(
+        d_model=config.hidden_size, nhead=config.heads, dim_feedforward=config.mlp_size, dropout=config.dropout,
+        activation="gelu", layer_norm_eps=1e-6, batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, config.transformer_layers, norm=nn.LayerNorm(config.hidden_size, eps=1e-6),
+                                 enable_nested_tensor=False)
+
+
+class ResViT(ZeroImputationGenerator):
+    """ResViT generator: [B, M, H, W] with zeros for missing modalities -> all M images in [-1, 1]."""
+
+    config_class = ResViTConfig
+
+    def __init__(self, config: ResViTConfig):
+        super().__init__()
+        self.config = config
+        m, f = len(config.modalities), config.base_features
+        self.encoder = nn.Sequential(conv_norm_relu(m, f, 7), conv_norm_relu(f, 2 * f, 3, stride=2),
+                                     conv_norm_relu(2 * f, 4 * f, 3, stride=2))
+        shared = vit_encoder(config)  # one module in several blocks: its weights are shared (ResViT)
+        self.blocks = nn.Sequential(*(
+            ARTBlock(4 * f, TransformerBranch(config, shared) if index in config.transformer_blocks else None)
+            for index in range(1, config.art_blocks + 1)))
+        self.decoder = nn.Sequential(up_norm_relu(4 * f, 2 * f), up_norm_relu(2 * f, f),
+                                     nn.Conv2d(f, m, 7, padding=3, padding_mode="reflect"))
+
+    def generate(self, inputs: Tensor, subset: Tensor, generator=None) -> Tensor:
+        return torch.tanh(self.decoder(self.blocks(self.encoder(inputs))))
