@@ -13,6 +13,7 @@ import pytest
 from mmhvae.cli import main
 from mmhvae.config import load_config
 from mmhvae.data.dataset import cross_validation_split
+from mmhvae.errors import InputError
 from mmhvae.modalities import ModalitySet, non_empty_subsets
 from mmhvae.model_file import load_model_file
 from mmhvae.study import (
@@ -108,16 +109,21 @@ def test_ablate_reuses_the_page_runs_and_writes_table_ii(benchmark_page, small_c
     assert all(np.isfinite(float(r["psnr"])) for r in rows)
 
 
-def test_a_table_i_only_page_with_the_mmgan_learning_rate_check(benchmark_page, tmp_path, capsys):
+def test_a_table_i_only_page_of_some_methods_with_the_mmgan_learning_rate_check(benchmark_page, tmp_path, capsys):
     work, _, settings = benchmark_page
     shutil.copytree(work / "work", tmp_path / "work")  # a copy: the other tests count the original's models
     capsys.readouterr()
-    page = phantom_benchmark(tmp_path / "work", tmp_path / "page.md",
-                             dataclasses.replace(settings, ablation=False, sensitivity=True))
+    chosen = dataclasses.replace(settings, ablation=False, sensitivity=True, methods=("mmhvae", "mmgan", "resvit"))
+    page = phantom_benchmark(tmp_path / "work", tmp_path / "page.md", chosen)
     out = capsys.readouterr().out
-    assert out.count("reusing") == 7 and out.count("training") == 1 and "mmgan-lr2e-3: training" in out
+    assert out.count("reusing") == 3 and out.count("training") == 1 and "mmgan-lr2e-3: training" in out
     text = page.read_text()
     assert "## Table II analogue" not in text and "--no-ablation --sensitivity" in text
+    assert "--methods mmhvae,mmgan,resvit" in text
+    assert {r[0] for r in table_rows(text, "## Table I analogue")} == {"mmhvae", "mmgan", "resvit", "mean-image"}
+    for wrong in (("mopoe",), ("mmhvae", "pix2pix")):  # mmhvae is needed; unknown methods are refused
+        with pytest.raises(InputError, match="--methods"):
+            dataclasses.replace(settings, methods=wrong)
     rows = table_rows(text, "Table I keeps MM-GAN's own.")  # the table follows the section's paragraph
     assert [r[0] for r in rows] == ["mmhvae", "mmgan", "mmgan-lr2e-3"]
     assert all(re.search(r"\d", c) for r in rows for c in r[1:])
