@@ -61,7 +61,8 @@ class ResViTConfig(PlainDictConfig):
     transformer_layers: int = 12
     heads: int = 12
     mlp_size: int = 3072
-    dropout: float = 0.1  # on the embeddings and in the MLPs (ViT-B); attention dropout 0
+    # ViT-B: 0.1 on the embeddings and in the MLPs; torch's encoder layer also drops attention weights (ViT-B: 0)
+    dropout: float = 0.1
     variant: str = VARIANT
 
     def __post_init__(self) -> None:
