@@ -397,8 +397,8 @@ class M2DNModule(ZeroImputationGANModule):
         observed = present[rows]
         # The bridge needs an x_0 for every modality: 0 where the slice has no image (never scored).
         x0 = torch.where(observed[:, :, None, None], targets[rows], torch.zeros_like(targets[rows]))
-        inputs_of_rows = torch.where(present[rows][:, :, None, None], inputs[rows], torch.zeros_like(x0))
-        prediction = self.model.training_prediction(inputs_of_rows, subsets.repeat_interleave(size, dim=0), x0,
+        # Inputs outside a row's subset are replaced by noise (M2DN.bridge_end), absent ones included.
+        prediction = self.model.training_prediction(inputs[rows], subsets.repeat_interleave(size, dim=0), x0,
                                                     generator=self.latent_generator(inputs.device))
         errors = image_error(prediction, targets[rows], train.image_loss) * self.image_loss_weights.to(targets)
         image = (errors * observed).sum() / observed.sum().clamp(min=1)
