@@ -147,3 +147,31 @@ train:
   gan_start: 0.5
   max_steps: 4
 """
+
+
+def vit_checkpoint(layers: int, hidden: int, heads: int, mlp: int, grid: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random arrays named and shaped as in Google's ViT .npz checkpoints (Flax kernels [in, ...out]; a class
+    token before the grid x grid position embeddings), as ResViT's ImageNet-21k file holds them."""
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape: int, scale: float = 0.05) -> np.ndarray:
+        return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+    head = hidden // heads
+    arrays = {"Transformer/posembed_input/pos_embedding": normal(1, 1 + grid * grid, hidden, scale=0.5),
+              "Transformer/encoder_norm/scale": 1 + normal(hidden), "Transformer/encoder_norm/bias": normal(hidden),
+              "embedding/kernel": normal(16, 16, 3, hidden), "embedding/bias": normal(hidden),
+              "cls": normal(1, 1, hidden)}
+    for index in range(layers):
+        root = f"Transformer/encoderblock_{index}"
+        for part in ("query", "key", "value"):
+            arrays[f"{root}/MultiHeadDotProductAttention_1/{part}/kernel"] = normal(hidden, heads, head)
+            arrays[f"{root}/MultiHeadDotProductAttention_1/{part}/bias"] = normal(heads, head)
+        arrays[f"{root}/MultiHeadDotProductAttention_1/out/kernel"] = normal(heads, head, hidden)
+        arrays[f"{root}/MultiHeadDotProductAttention_1/out/bias"] = normal(hidden)
+        for norm in ("LayerNorm_0", "LayerNorm_2"):
+            arrays[f"{root}/{norm}/scale"], arrays[f"{root}/{norm}/bias"] = 1 + normal(hidden), normal(hidden)
+        for dense, (inputs, outputs) in (("Dense_0", (hidden, mlp)), ("Dense_1", (mlp, hidden))):
+            arrays[f"{root}/MlpBlock_3/{dense}/kernel"] = normal(inputs, outputs)
+            arrays[f"{root}/MlpBlock_3/{dense}/bias"] = normal(outputs)
+    return arrays

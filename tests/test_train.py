@@ -12,7 +12,7 @@ from mmhvae.errors import InputError
 from mmhvae.model_file import load_model_file
 from mmhvae.train import MMHVAEModule, gan_weight, kl_weight, train
 
-from conftest import SMALL_CONFIG, small_cohort
+from conftest import SMALL_CONFIG, small_cohort, vit_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -325,6 +325,43 @@ def test_init_from_copies_a_model_files_weights_and_refuses_another_architecture
     wider.write_text(config_file.read_text().replace("base_features: 4", "base_features: 6"))
     with pytest.raises(InputError, match="architecture differs"):
         train(cohort, tmp_path / "third", wider, max_steps=2, progress=False, init_from=first)
+
+
+def test_init_from_an_imagenet_vit_checkpoint_starts_resvits_transformer_from_it(cohort, config_file, tmp_path):
+    import numpy as np
+
+    from mmhvae.config import load_config
+    from mmhvae.info import describe
+    from mmhvae.model.registry import network_config_for_method
+    from mmhvae.train import with_method
+
+    net = network_config_for_method("resvit", load_config(config_file).model)
+    arrays = vit_checkpoint(net.transformer_layers, net.hidden_size, net.heads, net.mlp_size, grid=14)
+    checkpoint = tmp_path / "R50+ViT-B_16.npz"
+    np.savez(checkpoint, **arrays)
+    model_path = train(cohort, tmp_path / "resvit", config_file, max_steps=1, progress=False, method="resvit",
+                       init_from=checkpoint)
+    loaded = load_model_file(model_path)
+    start = loaded.meta["init_from"]
+    assert start["kind"] == "vit" and start["path"] == str(checkpoint)
+    assert "started from      ViT weights in its transformer" in describe(model=model_path)
+    # The model file's (EMA) encoder is the checkpoint's after one small step; a fresh one is nowhere near it.
+    scale = torch.from_numpy(arrays["Transformer/encoder_norm/scale"])
+    torch.testing.assert_close(loaded.model.shared_encoder.norm.weight, scale, atol=2e-3, rtol=0)
+    assert with_method(load_config(config_file), "resvit").train.lr < 1e-3
+    assert (scale - 1).abs().max() > 0.05
+    # Refused, naming the file: another method, a checkpoint of another size, a file that is no checkpoint.
+    with pytest.raises(InputError, match="only --method resvit"):
+        train(cohort, tmp_path / "mmhvae", config_file, max_steps=1, progress=False, init_from=checkpoint)
+    assert not (tmp_path / "mmhvae" / "config.yaml").exists()  # a refused run leaves the folder free for the next
+    np.savez(tmp_path / "big.npz", **vit_checkpoint(2, 2 * net.hidden_size, net.heads, net.mlp_size, grid=14))
+    with pytest.raises(InputError, match=r"big.npz: --init-from: the checkpoint's ViT has 2 layers"):
+        train(cohort, tmp_path / "big", config_file, max_steps=1, progress=False, method="resvit",
+              init_from=tmp_path / "big.npz")
+    (tmp_path / "text.npz").write_text("not an archive")
+    with pytest.raises(InputError, match="text.npz: --init-from: not an .npz archive"):
+        train(cohort, tmp_path / "text", config_file, max_steps=1, progress=False, method="resvit",
+              init_from=tmp_path / "text.npz")
 
 
 def test_trainable_parts_fit_fresh_decoders_onto_a_frozen_model(cohort, config_file, tmp_path):

@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--init-from", type=Path, default=None,
                        help="start from the weights of this model file (same architecture, or differing only in "
-                            "parts train.trainable lists, which start fresh; new optimisers)")
+                            "parts train.trainable lists, which start fresh; new optimisers); with --method resvit, "
+                            "also an ImageNet ViT checkpoint (.npz) for its transformer")
     # Not argparse choices: the method list lives with the networks (model/registry.py), whose import needs
     # torch; an unknown method is refused by `train` as a one-line input error.
     train.add_argument("--method", default=None,

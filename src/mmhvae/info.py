@@ -44,8 +44,12 @@ def network_lines(network: torch.nn.Module, source: str, meta: dict) -> list[str
                      f"{meta.get('train_minutes', 0):.1f} min")
     if meta.get("init_from"):  # these steps continued earlier weights: say so, the count above is not the total
         start = meta["init_from"]
-        lines.append(f"  started from      the weights in {start['path']} (checksum {start['checksum'][:12]}, "
-                     f"itself trained {start.get('steps', '?')} steps)")
+        if start.get("kind") == "vit":
+            lines.append(f"  started from      ViT weights in its transformer: {start['path']} "
+                         f"(checksum {start['checksum'][:12]})")
+        else:
+            lines.append(f"  started from      the weights in {start['path']} (checksum {start['checksum'][:12]}, "
+                         f"itself trained {start.get('steps', '?')} steps)")
     return lines
 
 

@@ -18,9 +18,11 @@ step in `M2DNModule`; both share everything else (data, critics, memory, EMA, ch
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import time
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -557,8 +559,6 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
                if v is not None}
     run = RunConfig(run.model, run.data, replace(run.train, **changes))
     out.mkdir(parents=True, exist_ok=True)
-    if not launched_replica:
-        save_config(run, out / "config.yaml")
     pl.seed_everything(run.train.seed, workers=True, verbose=False)
     datamodule = SliceDataModule(data, run.data, batch_size=run.train.batch_size,
                                  batches_per_epoch=run.train.checkpoint_every,
@@ -569,6 +569,8 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
     starting_fresh = not (resume and last.is_file())
     if init_from is not None and starting_fresh:
         module.initialised_from = initialise_from(module, init_from, run)
+    if not launched_replica:  # only now: a run refused above leaves no config.yaml, so the folder can be reused
+        save_config(run, out / "config.yaml")
     session = len(list((out / "logs").glob("session-*")))
     trainer = build_trainer(out, run, devices, nodes, accelerator, progress, stop_at_step, session)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None)
@@ -589,10 +591,13 @@ def initialise_from(module: MMHVAEModule, path: str | Path, run: RunConfig) -> d
 
     The architectures must match, except in parts the run trains (`train.trainable`): those parts start fresh
     where the model file's tensors do not fit them (a wider image decoder, say), and the frozen rest is the
-    model file's.
+    model file's. A `.npz` file is instead an ImageNet ViT checkpoint for ResViT's transformer
+    (`initialise_from_vit`).
     """
     from mmhvae.model_file import load_model_file, weights_checksum
 
+    if Path(path).suffix == ".npz":
+        return initialise_from_vit(module, path)
     loaded = load_model_file(path)
     if tuple(loaded.model.config.modalities) != tuple(run.model.modalities):
         raise InputError(f"--init-from: the model file's modalities {','.join(loaded.model.config.modalities)} "
@@ -619,6 +624,31 @@ def initialise_from(module: MMHVAEModule, path: str | Path, run: RunConfig) -> d
     if changed:
         provenance["settings"] = changed
     return provenance
+
+
+def initialise_from_vit(module: pl.LightningModule, path: str | Path) -> dict[str, Any]:
+    """Load a Google-format ViT checkpoint (.npz) into a ResViT's shared transformer, live and EMA networks
+    (`ResViT.load_vit_weights`), as ResViT's authors start from ImageNet-21k weights. Returns its provenance."""
+    from mmhvae.model.resvit import ResViT
+
+    if not isinstance(module.model, ResViT):
+        raise InputError("--init-from: a .npz file is a ViT checkpoint, which only --method resvit loads", path)
+    if not Path(path).is_file():
+        raise InputError("--init-from: no such file", path)
+    if not zipfile.is_zipfile(path):  # np.load would call anything else pickled data
+        raise InputError("--init-from: not an .npz archive (a ViT checkpoint is one)", path)
+    try:
+        with np.load(path) as archive:
+            weights = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise InputError(f"--init-from: cannot read the ViT checkpoint ({error})", path) from error
+    try:
+        module.model.load_vit_weights(weights)
+    except ValueError as error:
+        raise InputError(f"--init-from: {error}", path) from error
+    module.ema.load_state_dict(module.model.state_dict())
+    checksum = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return {"path": str(path), "checksum": checksum, "kind": "vit", "parts": ["transformer", "position"]}
 
 
 def changed_settings(before: Any, after: Any) -> dict[str, list[Any]]:

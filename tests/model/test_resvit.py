@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from network_inputs import SIZE, B, M, all_present, count_parameters, mask, random_images
+from scipy.special import erf
 
 from mmhvae.config import load_config
 from mmhvae.model.mmhvae import EncodedImages, MMHVAEConfig
 from mmhvae.model.registry import build_network, network_config_for_method, network_config_from_dict
 from mmhvae.model.resvit import ResViT, ResViTConfig
+
+from conftest import vit_checkpoint
 
 
 def small_config(**overrides) -> ResViTConfig:
@@ -112,3 +116,82 @@ def test_config_round_trip_validation_and_registry(tmp_path) -> None:
     assert network_config_for_method("resvit", config) == config
     with pytest.raises(ValueError, match="needs an MMHVAE or resvit"):
         network_config_for_method("resvit", network_config_for_method("mmgan", MMHVAEConfig.tiny()))
+
+
+def flax_vit_encoder(arrays: dict[str, np.ndarray], tokens: np.ndarray, layers: int) -> np.ndarray:
+    """The reference: Google's ViT encoder (pre-norm blocks, then encoder_norm) computed from the checkpoint's
+    Flax-shaped arrays as they are, in numpy; exact GELU, as ResViT's PyTorch ViT has."""
+
+    def layer_norm(x, prefix):
+        x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+        return x * arrays[f"{prefix}/scale"] + arrays[f"{prefix}/bias"]
+
+    x = tokens.astype(np.float64)
+    for index in range(layers):
+        root = f"Transformer/encoderblock_{index}"
+        attention = f"{root}/MultiHeadDotProductAttention_1"
+        y = layer_norm(x, f"{root}/LayerNorm_0")
+        q, k, v = (np.einsum("nd,dhk->nhk", y, arrays[f"{attention}/{p}/kernel"]) + arrays[f"{attention}/{p}/bias"]
+                   for p in ("query", "key", "value"))
+        logits = np.einsum("nhk,mhk->hnm", q, k) / np.sqrt(q.shape[-1])
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        heads = np.einsum("hnm,mhk->nhk", weights, v)
+        x = x + np.einsum("nhk,hkd->nd", heads, arrays[f"{attention}/out/kernel"]) + arrays[f"{attention}/out/bias"]
+        y = layer_norm(x, f"{root}/LayerNorm_2") @ arrays[f"{root}/MlpBlock_3/Dense_0/kernel"]
+        y = y + arrays[f"{root}/MlpBlock_3/Dense_0/bias"]
+        y = 0.5 * y * (1 + erf(y / np.sqrt(2)))
+        x = x + y @ arrays[f"{root}/MlpBlock_3/Dense_1/kernel"] + arrays[f"{root}/MlpBlock_3/Dense_1/bias"]
+    return layer_norm(x, "Transformer/encoder_norm")
+
+
+def test_imagenet_vit_weights_load_into_the_shared_encoder_as_googles_vit_computes() -> None:
+    config = small_config()
+    torch.manual_seed(0)
+    model = ResViT(config).eval()
+    untouched = {name: p.clone() for name, p in model.named_parameters() if "encoder.layers" not in name
+                 and "encoder.norm" not in name and "position" not in name}
+    arrays = vit_checkpoint(config.transformer_layers, config.hidden_size, config.heads, config.mlp_size, grid=7)
+    arrays["Transformer/posembed_input/pos_embedding"][0, 0] = 1e3  # the class token: must be dropped
+    model.load_vit_weights(arrays)
+    tokens = np.random.default_rng(1).standard_normal((10, config.hidden_size)).astype(np.float32)
+    with torch.no_grad():
+        ours = model.shared_encoder(torch.from_numpy(tokens)[None])[0].double().numpy()
+    np.testing.assert_allclose(ours, flax_vit_encoder(arrays, tokens, config.transformer_layers), atol=1e-4)
+    # The convolutions and patch embeddings keep their weights.
+    assert all(torch.equal(p, untouched[name]) for name, p in model.named_parameters() if name in untouched)
+
+
+def test_the_vit_position_embedding_is_resized_bilinearly_to_the_token_grid_in_every_branch() -> None:
+    config = small_config()
+    model = ResViT(config)
+    arrays = vit_checkpoint(config.transformer_layers, config.hidden_size, config.heads, config.mlp_size, grid=7)
+    # A plane in the grid's coordinates (corners at 0 and 1), which bilinear resizing with aligned corners keeps.
+    slope = np.random.default_rng(2).standard_normal((3, config.hidden_size)).astype(np.float32)
+
+    def plane(side: int) -> np.ndarray:
+        row, col = np.meshgrid(np.linspace(0, 1, side), np.linspace(0, 1, side), indexing="ij")
+        return (row[..., None] * slope[0] + col[..., None] * slope[1] + slope[2]).reshape(1, side * side, -1)
+
+    arrays["Transformer/posembed_input/pos_embedding"] = np.concatenate([np.full((1, 1, config.hidden_size), 1e3),
+                                                                         plane(7)], axis=1)
+    model.load_vit_weights(arrays)
+    for block in (model.blocks[0], model.blocks[5]):
+        np.testing.assert_allclose(block.branch.position.detach().numpy(), plane(config.token_grid), atol=1e-5)
+
+
+def test_a_vit_checkpoint_that_does_not_fit_is_refused_naming_what_differs() -> None:
+    config = small_config()
+    model = ResViT(config)
+    fits = dict(layers=config.transformer_layers, hidden=config.hidden_size, heads=config.heads, mlp=config.mlp_size,
+                grid=7)
+    with pytest.raises(ValueError, match="3 layers of width"):
+        model.load_vit_weights(vit_checkpoint(**{**fits, "layers": 3}))
+    with pytest.raises(ValueError, match="1 heads"):
+        model.load_vit_weights(vit_checkpoint(**{**fits, "heads": 1}))
+    missing = vit_checkpoint(**fits)
+    del missing["Transformer/encoderblock_1/MlpBlock_3/Dense_1/bias"]
+    with pytest.raises(ValueError, match="encoderblock_1/MlpBlock_3/Dense_1/bias"):
+        model.load_vit_weights(missing)
+    with pytest.raises(ValueError, match="no transformer blocks"):
+        ResViT(small_config(transformer_blocks=())).load_vit_weights(vit_checkpoint(**fits))

@@ -22,7 +22,10 @@ with ResViT's recipe (`registry.METHOD_TRAIN_RECIPES`). Differences from the ori
 - instance normalisation with affine parameters instead of batch normalisation: ResViT trains at batch size
   1, where batch norm normalises every image by its own statistics, which instance norm does at any batch size
   (and samples of a batch mixing input subsets never influence each other);
-- trained from scratch: no ImageNet-21k ViT weights (nothing is downloaded) and no Res-CNN pre-training stage;
+- trained from scratch by default: no ImageNet-21k ViT weights are downloaded; a user who has the authors'
+  `R50+ViT-B_16.npz` (or Google's `ViT-B_16.npz`) loads its transformer with `mmhvae train --method resvit
+  --config paper --init-from FILE.npz` (`ResViT.load_vit_weights`, as ResViT's `load_from`). There is no
+  Res-CNN pre-training stage;
 - our per-modality PatchGAN critics (`model/critic.py`), not their conditional PatchGAN.
 
 Sizes: `ResViTConfig()` is the original (ngf 64, ViT-B: hidden 768, 12 layers, 12 heads, MLP 3072), which
@@ -32,10 +35,13 @@ trains on a CPU in minutes like the other baselines.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmhvae.model.mmhvae import MMHVAEConfig, PlainDictConfig
@@ -207,3 +213,97 @@ class ResViT(ZeroImputationGenerator):
 
     def generate(self, inputs: Tensor, subset: Tensor, generator=None) -> Tensor:
         return torch.tanh(self.decoder(self.blocks(self.encoder(inputs))))
+
+    @torch.no_grad()
+    def load_vit_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Load a Google-format ViT checkpoint (the arrays of an ImageNet-21k `ViT-B_16.npz` or
+        `R50+ViT-B_16.npz`) into the shared transformer encoder, as ResViT's `load_from` does: every encoder
+        layer and the final LayerNorm, and the position embedding of every transformer branch (class token
+        dropped, grid resized bilinearly from the checkpoint's to this network's, corners aligned as
+        scipy.ndimage.zoom order 1). The convolutions and the 1x1 patch embeddings keep their own weights.
+        Raises ValueError (naming the array) when the checkpoint lacks an array or does not fit the network."""
+
+        def array(name: str) -> Tensor:
+            if name not in weights:
+                raise ValueError(f"no array {name!r}: not a ViT checkpoint of the ViT-B_16 kind")
+            return torch.as_tensor(np.asarray(weights[name]), dtype=torch.float32)
+
+        c = self.config
+        encoder = self.shared_encoder
+        if encoder is None:
+            raise ValueError("this ResViT has no transformer blocks to load a ViT into")
+        layers = len({name.split("/")[1] for name in weights if name.startswith("Transformer/encoderblock_")})
+        width = array("Transformer/encoder_norm/scale").numel()
+        query = array("Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel")
+        heads = query.shape[1] if query.dim() == 3 else c.heads  # [D, heads, head_dim]; 2D kernels fix none
+        mlp = array("Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel").shape[-1]
+        if (layers, width, heads, mlp) != (c.transformer_layers, c.hidden_size, c.heads, c.mlp_size):
+            raise ValueError(f"the checkpoint's ViT has {layers} layers of width {width}, {heads} heads and MLP "
+                             f"{mlp}; this ResViT has {c.transformer_layers}, {c.hidden_size}, {c.heads} and "
+                             f"{c.mlp_size} (the original ViT-B's: --config paper)")
+
+        def copy(target: Tensor, name: str, source: Tensor | None = None) -> None:
+            source = array(name) if source is None else source
+            if source.numel() != target.numel():
+                raise ValueError(f"array {name!r} has {source.numel()} values where {tuple(target.shape)} "
+                                 "were expected")
+            target.copy_(source.reshape(target.shape))
+
+        def linear_weight(name: str, in_features: int) -> Tensor:
+            # Flax kernels are [in, ...out] (query [D, heads, head_dim], out [heads, head_dim, D]); torch's
+            # Linear weights are [out, in].
+            kernel = array(name)
+            if kernel.numel() % in_features:
+                raise ValueError(f"array {name!r} of shape {tuple(kernel.shape)} has no {in_features} inputs")
+            return kernel.reshape(in_features, -1).t()
+
+        d = c.hidden_size
+        for index, layer in enumerate(encoder.layers):
+            root = f"Transformer/encoderblock_{index}"
+            attention = f"{root}/MultiHeadDotProductAttention_1"
+            qkv = ("query", "key", "value")  # stacked in this order in torch's in_proj
+            copy(layer.self_attn.in_proj_weight, f"{attention}/query|key|value/kernel",
+                 torch.cat([linear_weight(f"{attention}/{p}/kernel", d) for p in qkv]))
+            copy(layer.self_attn.in_proj_bias, f"{attention}/query|key|value/bias",
+                 torch.cat([array(f"{attention}/{p}/bias").reshape(-1) for p in qkv]))
+            name = f"{attention}/out/kernel"
+            copy(layer.self_attn.out_proj.weight, name, linear_weight(name, d))
+            copy(layer.self_attn.out_proj.bias, f"{attention}/out/bias")
+            copy(layer.norm1.weight, f"{root}/LayerNorm_0/scale")
+            copy(layer.norm1.bias, f"{root}/LayerNorm_0/bias")
+            copy(layer.norm2.weight, f"{root}/LayerNorm_2/scale")
+            copy(layer.norm2.bias, f"{root}/LayerNorm_2/bias")
+            name = f"{root}/MlpBlock_3/Dense_0/kernel"
+            copy(layer.linear1.weight, name, linear_weight(name, d))
+            copy(layer.linear1.bias, f"{root}/MlpBlock_3/Dense_0/bias")
+            name = f"{root}/MlpBlock_3/Dense_1/kernel"
+            copy(layer.linear2.weight, name, linear_weight(name, c.mlp_size))
+            copy(layer.linear2.bias, f"{root}/MlpBlock_3/Dense_1/bias")
+        copy(encoder.norm.weight, "Transformer/encoder_norm/scale")
+        copy(encoder.norm.bias, "Transformer/encoder_norm/bias")
+        position = resized_position_embedding(array("Transformer/posembed_input/pos_embedding"), c.token_grid)
+        for block in self.blocks:
+            if block.branch is not None:
+                block.branch.position.copy_(position)
+
+    @property
+    def shared_encoder(self) -> nn.TransformerEncoder | None:
+        """The ViT encoder that every transformer branch runs (None without transformer blocks)."""
+        return next((block.branch.encoder for block in self.blocks if block.branch is not None), None)
+
+
+def resized_position_embedding(embedding: Tensor, grid: int) -> Tensor:
+    """A ViT position embedding [1, 1 + g*g, D] (class token first) or [1, g*g, D] as [1, grid*grid, D]: the
+    class token dropped and the g x g grid resized bilinearly, corners aligned."""
+    if embedding.dim() != 3 or embedding.shape[0] != 1:
+        raise ValueError(f"position embedding of shape {tuple(embedding.shape)}: expected [1, tokens, D]")
+    tokens = embedding.shape[1]
+    if round(tokens**0.5) ** 2 != tokens:  # a class token first
+        embedding, tokens = embedding[:, 1:], tokens - 1
+    side = round(tokens**0.5)
+    if side * side != tokens:
+        raise ValueError(f"position embedding of shape {tuple(embedding.shape)}: its tokens form no square grid")
+    square = embedding[0].reshape(side, side, -1).permute(2, 0, 1)[None]  # [1, D, g, g]
+    if side != grid:
+        square = F.interpolate(square, size=(grid, grid), mode="bilinear", align_corners=True)
+    return square[0].permute(1, 2, 0).reshape(1, grid * grid, -1)
