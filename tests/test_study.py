@@ -190,6 +190,14 @@ def test_info_compares_the_cost_of_every_method(capsys):
     assert [line.split("|")[1].strip() for line in table] == list(METHODS)
 
 
+def test_info_describes_a_config_with_its_own_method(tmp_path, capsys):
+    config = tmp_path / "res-cnn.yaml"  # ResViT's Res-CNN stage (README): a config naming its method
+    config.write_text("base: tiny\nmodel:\n  variant: resvit\n  transformer_blocks: []\ntrain:\n  method: resvit\n")
+    assert main(["info", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "method resvit" in out and "network           resvit" in out
+
+
 def test_speed_only_settings_do_not_change_the_run_folder():
     from mmhvae.study import config_digest
 

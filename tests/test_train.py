@@ -327,41 +327,106 @@ def test_init_from_copies_a_model_files_weights_and_refuses_another_architecture
         train(cohort, tmp_path / "third", wider, max_steps=2, progress=False, init_from=first)
 
 
-def test_init_from_an_imagenet_vit_checkpoint_starts_resvits_transformer_from_it(cohort, config_file, tmp_path):
+RESVIT_YAML = """
+base: tiny
+model:
+  variant: resvit
+  image_size: 32
+  base_features: 4
+  hidden_size: 64
+  heads: 1
+  mlp_size: 256
+  transformer_layers: 2
+train:
+  method: resvit
+  batch_size: 4
+  checkpoint_every: 2
+  log_every: 1
+  validate_every: 2
+"""
+
+
+def small_vit_checkpoint(path, layers=2, hidden=64, heads=1, mlp=256):
     import numpy as np
 
+    arrays = vit_checkpoint(layers, hidden, heads, mlp, grid=14)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_vit_weights_start_resvits_transformer_from_an_imagenet_checkpoint(cohort, config_file, tmp_path):
+    from mmhvae.info import describe
+
+    config = tmp_path / "resvit.yaml"
+    config.write_text(RESVIT_YAML)
+    checkpoint = tmp_path / "R50+ViT-B_16.npz"
+    arrays = small_vit_checkpoint(checkpoint)
+    model_path = train(cohort, tmp_path / "resvit", config, max_steps=1, progress=False, vit_weights=checkpoint)
+    loaded = load_model_file(model_path)
+    assert loaded.meta["vit_weights"]["path"] == str(checkpoint) and loaded.meta["init_from"] is None
+    assert f"transformer from  the ViT checkpoint {checkpoint}" in describe(model=model_path)
+    # The model file's (EMA) encoder is the checkpoint's after one small step (Adam 2e-4); a fresh one is far.
+    scale = torch.from_numpy(arrays["Transformer/encoder_norm/scale"])
+    assert (scale - 1).abs().max() > 0.05
+    torch.testing.assert_close(loaded.model.shared_encoder.norm.weight, scale, atol=2e-3, rtol=0)
+    interrupted = tmp_path / "interrupted"  # a resumed run still says where its transformer started
+    train(cohort, interrupted, config, max_steps=3, progress=False, vit_weights=checkpoint, stop_at_step=2)
+    resumed = train(cohort, interrupted, resume=True, progress=False)
+    assert load_model_file(resumed).meta["vit_weights"] == loaded.meta["vit_weights"]
+    # Refused, naming the file: another method, a checkpoint of another size, a file that is no checkpoint,
+    # a checkpoint given as a model file.
+    with pytest.raises(InputError, match=r"R50\+ViT-B_16.npz: --vit-weights: .* \(--method resvit\)"):
+        train(cohort, tmp_path / "mmhvae", config_file, max_steps=1, progress=False, vit_weights=checkpoint)
+    assert not (tmp_path / "mmhvae" / "config.yaml").exists()  # a refused run leaves the folder free for the next
+    small_vit_checkpoint(tmp_path / "big.npz", hidden=128)
+    with pytest.raises(InputError, match=r"big.npz: --vit-weights: the checkpoint's ViT has 2 layers of width 128"):
+        train(cohort, tmp_path / "big", config, max_steps=1, progress=False, vit_weights=tmp_path / "big.npz")
+    (tmp_path / "text.npz").write_text("not an archive")
+    with pytest.raises(InputError, match="text.npz: --vit-weights: not an .npz archive"):
+        train(cohort, tmp_path / "text", config, max_steps=1, progress=False, vit_weights=tmp_path / "text.npz")
+    with pytest.raises(InputError, match="--init-from takes a model file; .* --vit-weights"):
+        train(cohort, tmp_path / "npz", config, max_steps=1, progress=False, init_from=checkpoint)
+
+
+def test_resvits_two_stages_res_cnn_then_resvit_keep_the_res_cnns_weights(cohort, tmp_path):
+    """ResViT's authors train a Res-CNN (no transformer branches) first, then ResViT from its weights and
+    ImageNet's ViT: --init-from fills every tensor the Res-CNN had, the branches start fresh or from the ViT."""
     from mmhvae.config import load_config
     from mmhvae.info import describe
-    from mmhvae.model.registry import network_config_for_method
-    from mmhvae.train import with_method
+    from mmhvae.train import initialise_from, module_for
 
-    net = network_config_for_method("resvit", load_config(config_file).model)
-    arrays = vit_checkpoint(net.transformer_layers, net.hidden_size, net.heads, net.mlp_size, grid=14)
+    res_cnn_yaml, resvit_yaml = tmp_path / "res-cnn.yaml", tmp_path / "resvit.yaml"
+    res_cnn_yaml.write_text(RESVIT_YAML.replace("  transformer_layers: 2\n", "  transformer_layers: 2\n"
+                                                "  transformer_blocks: []\n"))
+    resvit_yaml.write_text(RESVIT_YAML.replace("  method: resvit\n", "  method: resvit\n"
+                                               "  trainable: [encoder, blocks, decoder]\n  lr: 1.0e-3\n"))
+    res_cnn = train(cohort, tmp_path / "res-cnn", res_cnn_yaml, max_steps=1, progress=False)
+    source = load_model_file(res_cnn).model.state_dict()
+    assert not any(".branch." in name for name in source)
+    run = load_config(resvit_yaml)
+    torch.manual_seed(0)
+    module = module_for(run)
+    fresh_branch = {name: t.clone() for name, t in module.model.state_dict().items() if ".branch." in name}
+    provenance = initialise_from(module, res_cnn, run)
+    assert provenance["grown"] == {"blocks": len(fresh_branch)} and "fresh" not in provenance
+    for network in (module.model, module.ema):
+        state = network.state_dict()
+        assert all(torch.equal(state[name], tensor) for name, tensor in source.items())
+        assert all(torch.equal(state[name], tensor) for name, tensor in fresh_branch.items())
+    # Without the parts it changes listed as trained, a Res-CNN is refused like any other architecture change.
+    refused = tmp_path / "untrainable.yaml"
+    refused.write_text(resvit_yaml.read_text().replace("  trainable: [encoder, blocks, decoder]\n", ""))
+    with pytest.raises(InputError, match="differs from the run's config in blocks"):
+        train(cohort, tmp_path / "refused", refused, max_steps=1, progress=False, init_from=res_cnn)
+    # The second stage end to end: both starts recorded, and said by info.
     checkpoint = tmp_path / "R50+ViT-B_16.npz"
-    np.savez(checkpoint, **arrays)
-    model_path = train(cohort, tmp_path / "resvit", config_file, max_steps=1, progress=False, method="resvit",
-                       init_from=checkpoint)
-    loaded = load_model_file(model_path)
-    start = loaded.meta["init_from"]
-    assert start["kind"] == "vit" and start["path"] == str(checkpoint)
-    assert "started from      ViT weights in its transformer" in describe(model=model_path)
-    # The model file's (EMA) encoder is the checkpoint's after one small step; a fresh one is nowhere near it.
-    scale = torch.from_numpy(arrays["Transformer/encoder_norm/scale"])
-    torch.testing.assert_close(loaded.model.shared_encoder.norm.weight, scale, atol=2e-3, rtol=0)
-    assert with_method(load_config(config_file), "resvit").train.lr < 1e-3
-    assert (scale - 1).abs().max() > 0.05
-    # Refused, naming the file: another method, a checkpoint of another size, a file that is no checkpoint.
-    with pytest.raises(InputError, match="only --method resvit"):
-        train(cohort, tmp_path / "mmhvae", config_file, max_steps=1, progress=False, init_from=checkpoint)
-    assert not (tmp_path / "mmhvae" / "config.yaml").exists()  # a refused run leaves the folder free for the next
-    np.savez(tmp_path / "big.npz", **vit_checkpoint(2, 2 * net.hidden_size, net.heads, net.mlp_size, grid=14))
-    with pytest.raises(InputError, match=r"big.npz: --init-from: the checkpoint's ViT has 2 layers"):
-        train(cohort, tmp_path / "big", config_file, max_steps=1, progress=False, method="resvit",
-              init_from=tmp_path / "big.npz")
-    (tmp_path / "text.npz").write_text("not an archive")
-    with pytest.raises(InputError, match="text.npz: --init-from: not an .npz archive"):
-        train(cohort, tmp_path / "text", config_file, max_steps=1, progress=False, method="resvit",
-              init_from=tmp_path / "text.npz")
+    small_vit_checkpoint(checkpoint)
+    resvit = train(cohort, tmp_path / "resvit", resvit_yaml, max_steps=1, progress=False, init_from=res_cnn,
+                   vit_weights=checkpoint)
+    meta = load_model_file(resvit).meta
+    assert meta["init_from"]["grown"] == provenance["grown"] and meta["vit_weights"]["path"] == str(checkpoint)
+    text = describe(model=resvit)
+    assert f"started from      the weights in {res_cnn}" in text and "transformer from  the ViT checkpoint" in text
 
 
 def test_trainable_parts_fit_fresh_decoders_onto_a_frozen_model(cohort, config_file, tmp_path):

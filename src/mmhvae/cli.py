@@ -71,7 +71,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     model = train(args.data, args.out, args.config, max_steps=args.max_steps, max_minutes=args.max_minutes,
                   devices=args.devices, nodes=args.nodes, resume=args.resume, accelerator=args.accelerator,
-                  progress=not args.no_progress, init_from=args.init_from, method=args.method)
+                  progress=not args.no_progress, init_from=args.init_from, method=args.method,
+                  vit_weights=args.vit_weights)
     print(f"model file: {model}")
     return 0
 
@@ -295,8 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--init-from", type=Path, default=None,
                        help="start from the weights of this model file (same architecture, or differing only in "
-                            "parts train.trainable lists, which start fresh; new optimisers); with --method resvit, "
-                            "also an ImageNet ViT checkpoint (.npz) for its transformer")
+                            "parts train.trainable lists, which start fresh; new optimisers)")
+    train.add_argument("--vit-weights", type=Path, default=None,
+                       help="ResViT: load its transformer from an ImageNet ViT checkpoint (R50+ViT-B_16.npz or "
+                            "ViT-B_16.npz, Google's format) before training")
     # Not argparse choices: the method list lives with the networks (model/registry.py), whose import needs
     # torch; an unknown method is refused by `train` as a one-line input error.
     train.add_argument("--method", default=None,
@@ -391,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--config", default=None, help="tiny, paper or a YAML file")
     source.add_argument("--model", default=None, type=Path, nargs="+", help="model file(s) or run folder(s)")
     info.add_argument("--methods", default=None,
-                      help="with --config: these methods' networks, e.g. " + ALL_METHODS)
+                      help="with --config: these methods' networks (default: the config's train.method), e.g. "
+                           + ALL_METHODS)
     info.add_argument("--latency", action="store_true", help="also time one forward pass per slice")
     info.set_defaults(func=run_info)
 

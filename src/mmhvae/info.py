@@ -44,12 +44,11 @@ def network_lines(network: torch.nn.Module, source: str, meta: dict) -> list[str
                      f"{meta.get('train_minutes', 0):.1f} min")
     if meta.get("init_from"):  # these steps continued earlier weights: say so, the count above is not the total
         start = meta["init_from"]
-        if start.get("kind") == "vit":
-            lines.append(f"  started from      ViT weights in its transformer: {start['path']} "
-                         f"(checksum {start['checksum'][:12]})")
-        else:
-            lines.append(f"  started from      the weights in {start['path']} (checksum {start['checksum'][:12]}, "
-                         f"itself trained {start.get('steps', '?')} steps)")
+        lines.append(f"  started from      the weights in {start['path']} (checksum {start['checksum'][:12]}, "
+                     f"itself trained {start.get('steps', '?')} steps)")
+    if meta.get("vit_weights"):
+        vit = meta["vit_weights"]
+        lines.append(f"  transformer from  the ViT checkpoint {vit['path']} (sha256 {vit['checksum'][:12]})")
     return lines
 
 
@@ -69,7 +68,8 @@ def cost_table(networks: dict[str, torch.nn.Module], latency: bool, repeats: int
 
 def describe(config: str | None = None, model: Path | Sequence[Path] | None = None, latency: bool = False,
              methods: Sequence[str] = ()) -> str:
-    """Text of `mmhvae info`: one block per network, then a cost table when several are compared."""
+    """Text of `mmhvae info`: one block per network, then a cost table when several are compared. A config
+    without `methods` is described with its own `train.method`."""
     from mmhvae.benchmark import method_network
 
     networks: dict[str, torch.nn.Module] = {}
@@ -84,7 +84,9 @@ def describe(config: str | None = None, model: Path | Sequence[Path] | None = No
             networks[name] = each.model.eval()
             blocks.append("\n".join(network_lines(each.model, f"model file {path}", each.meta)))
     else:
-        for method in methods or ("mmhvae",):
+        from mmhvae.config import load_config
+
+        for method in methods or (load_config(config or "tiny").train.method,):  # default: the config's own
             network, _ = method_network(config or "tiny", method)
             networks[method] = network.eval()
             blocks.append("\n".join(network_lines(network, f"config {config or 'tiny'}, method {method}", {})))

@@ -115,6 +115,7 @@ class MMHVAEModule(pl.LightningModule):
         self.minutes_before_this_session = 0.0  # training wall time of earlier sessions (restored on resume)
         self.session_started = time.monotonic()
         self.initialised_from: dict[str, Any] | None = None  # --init-from provenance, kept across resumes
+        self.vit_weights_from: dict[str, Any] | None = None  # --vit-weights provenance (ResViT), likewise
         self._latent_generator: torch.Generator | None = None
         self._latent_generator_state: Tensor | None = None
         self.automatic_optimization = False
@@ -307,6 +308,7 @@ class MMHVAEModule(pl.LightningModule):
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "nonfinite_total": self.nonfinite_total,
             "init_from": self.initialised_from,
+            "vit_weights": self.vit_weights_from,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -322,6 +324,7 @@ class MMHVAEModule(pl.LightningModule):
         self.nonfinite_total = state["nonfinite_total"]
         self.minutes_before_this_session = state.get("wall_minutes", 0.0)
         self.initialised_from = state.get("init_from")
+        self.vit_weights_from = state.get("vit_weights")
 
 
 class ZeroImputationGANModule(MMHVAEModule):
@@ -519,7 +522,8 @@ def module_for(run: RunConfig) -> MMHVAEModule:
 def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_steps: int | None = None,
           max_minutes: float | None = None, devices: int = 1, nodes: int = 1, resume: bool = False,
           accelerator: str = "auto", progress: bool = True, overrides: dict[str, Any] | None = None,
-          stop_at_step: int | None = None, init_from: str | Path | None = None, method: str | None = None) -> Path:
+          stop_at_step: int | None = None, init_from: str | Path | None = None, method: str | None = None,
+          vit_weights: str | Path | None = None) -> Path:
     """Train on a data folder; write the run folder (config, logs, checkpoints, model file). Returns the model.
 
     `method` (model/registry.py METHODS; default: the config's train.method, "mmhvae") picks MMHVAE or a
@@ -527,7 +531,9 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
     keeps its method.
 
     `init_from` (a model file of the same architecture) starts a new run from its weights, with fresh
-    optimisers and schedules: fine-tuning, or continuing a shipped model with a new budget.
+    optimisers and schedules: fine-tuning, or continuing a shipped model with a new budget. `vit_weights` (an
+    ImageNet ViT checkpoint, .npz) then loads ResViT's transformer, as its authors start (`initialise_from_vit`);
+    with `init_from` a Res-CNN model file (ResViT without transformer blocks), that is their two-stage recipe.
 
     `stop_at_step` ends this call early without changing the schedules (which follow train.max_steps), as an
     interruption would; `resume=True` then continues the run.
@@ -569,6 +575,8 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
     starting_fresh = not (resume and last.is_file())
     if init_from is not None and starting_fresh:
         module.initialised_from = initialise_from(module, init_from, run)
+    if vit_weights is not None and starting_fresh:
+        module.vit_weights_from = initialise_from_vit(module, vit_weights)
     if not launched_replica:  # only now: a run refused above leaves no config.yaml, so the folder can be reused
         save_config(run, out / "config.yaml")
     session = len(list((out / "logs").glob("session-*")))
@@ -581,7 +589,7 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
             "steps": int(trainer.global_step), "train_minutes": module.wall_minutes(),
             "skipped_updates": module.nonfinite_total, "data": str(data), "config": run.to_dict(),
             "world_size": int(trainer.world_size), "replicas_in_sync": in_sync, "init_from": module.initialised_from,
-            "method": run.train.method,
+            "vit_weights": module.vit_weights_from, "method": run.train.method,
         })
     return model_path
 
@@ -591,39 +599,50 @@ def initialise_from(module: MMHVAEModule, path: str | Path, run: RunConfig) -> d
 
     The architectures must match, except in parts the run trains (`train.trainable`): those parts start fresh
     where the model file's tensors do not fit them (a wider image decoder, say), and the frozen rest is the
-    model file's. A `.npz` file is instead an ImageNet ViT checkpoint for ResViT's transformer
-    (`initialise_from_vit`).
+    model file's. A part that only gained tensors keeps every tensor it had and starts the new ones fresh: ResViT
+    from its Res-CNN (the same network without transformer branches), as ResViT's authors train it.
     """
     from mmhvae.model_file import load_model_file, weights_checksum
 
     if Path(path).suffix == ".npz":
-        return initialise_from_vit(module, path)
+        raise InputError("--init-from takes a model file; an ImageNet ViT checkpoint (.npz) goes to --vit-weights",
+                         path)
     loaded = load_model_file(path)
     if tuple(loaded.model.config.modalities) != tuple(run.model.modalities):
         raise InputError(f"--init-from: the model file's modalities {','.join(loaded.model.config.modalities)} "
                          f"differ from the run's {','.join(run.model.modalities)}", path)
     source, target = loaded.model.state_dict(), module.model.state_dict()
-    # A part is fresh when its tensors differ from the model file's in name or shape, either way round.
-    fresh = sorted({name.split(".")[0] for name in source.keys() | target.keys()
-                    if name not in source or name not in target or source[name].shape != target[name].shape})
+    differing = {name for name in source.keys() | target.keys()
+                 if name not in source or name not in target or source[name].shape != target[name].shape}
+    # A part is fresh when a tensor of the model file's is missing from it or has another shape; it has grown
+    # when it only has tensors the model file lacks.
+    fresh = sorted({part_of(name) for name in differing if name in source})
+    grown = sorted({part_of(name) for name in differing} - set(fresh))
     # Some settings (soft_clamp, fusion, ...) shape no tensor, so they also change what the frozen parts compute;
     # the model file records every change rather than leaving it to the config next to it.
     changed = changed_settings(loaded.model.config, run.model)
     if changed:
-        frozen_but_new = [part for part in fresh if part not in run.train.trainable]
+        frozen_but_new = [part for part in fresh + grown if part not in run.train.trainable]
         if frozen_but_new or not run.train.trainable:
             raise InputError("--init-from: the model file's architecture differs from the run's config in "
-                             f"{', '.join(frozen_but_new or fresh or ['its settings'])} (only parts listed in "
-                             "train.trainable may start fresh)", path)
-    shared = {name: tensor for name, tensor in source.items() if name.split(".")[0] not in fresh}
+                             f"{', '.join(frozen_but_new or fresh + grown or ['its settings'])} (only parts listed "
+                             "in train.trainable may start fresh)", path)
+    shared = {name: tensor for name, tensor in source.items() if part_of(name) not in fresh}
     module.model.load_state_dict(shared, strict=False)
     module.ema.load_state_dict(module.model.state_dict())
     provenance = {"path": str(path), "checksum": weights_checksum(source), "steps": loaded.meta.get("steps")}
     if fresh:
         provenance["fresh"] = fresh
+    if grown:
+        provenance["grown"] = {part: sum(part_of(name) == part for name in differing) for part in grown}  # new tensors
     if changed:
         provenance["settings"] = changed
     return provenance
+
+
+def part_of(tensor_name: str) -> str:
+    """The top-level module a state-dict entry belongs to: the unit of `train.trainable` and `--init-from`."""
+    return tensor_name.split(".")[0]
 
 
 def initialise_from_vit(module: pl.LightningModule, path: str | Path) -> dict[str, Any]:
@@ -632,23 +651,24 @@ def initialise_from_vit(module: pl.LightningModule, path: str | Path) -> dict[st
     from mmhvae.model.resvit import ResViT
 
     if not isinstance(module.model, ResViT):
-        raise InputError("--init-from: a .npz file is a ViT checkpoint, which only --method resvit loads", path)
+        raise InputError("--vit-weights: an ImageNet ViT checkpoint is for ResViT's transformer (--method resvit)",
+                         path)
     if not Path(path).is_file():
-        raise InputError("--init-from: no such file", path)
+        raise InputError("--vit-weights: no such file", path)
     if not zipfile.is_zipfile(path):  # np.load would call anything else pickled data
-        raise InputError("--init-from: not an .npz archive (a ViT checkpoint is one)", path)
+        raise InputError("--vit-weights: not an .npz archive (a ViT checkpoint is one)", path)
     try:
         with np.load(path) as archive:
             weights = {name: archive[name] for name in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise InputError(f"--init-from: cannot read the ViT checkpoint ({error})", path) from error
+        raise InputError(f"--vit-weights: cannot read the ViT checkpoint ({error})", path) from error
     try:
         module.model.load_vit_weights(weights)
     except ValueError as error:
-        raise InputError(f"--init-from: {error}", path) from error
+        raise InputError(f"--vit-weights: {error}", path) from error
     module.ema.load_state_dict(module.model.state_dict())
     checksum = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return {"path": str(path), "checksum": checksum, "kind": "vit", "parts": ["transformer", "position"]}
+    return {"path": str(path), "checksum": checksum}
 
 
 def changed_settings(before: Any, after: Any) -> dict[str, list[Any]]:

@@ -22,10 +22,11 @@ with ResViT's recipe (`registry.METHOD_TRAIN_RECIPES`). Differences from the ori
 - instance normalisation with affine parameters instead of batch normalisation: ResViT trains at batch size
   1, where batch norm normalises every image by its own statistics, which instance norm does at any batch size
   (and samples of a batch mixing input subsets never influence each other);
-- trained from scratch by default: no ImageNet-21k ViT weights are downloaded; a user who has the authors'
-  `R50+ViT-B_16.npz` (or Google's `ViT-B_16.npz`) loads its transformer with `mmhvae train --method resvit
-  --config paper --init-from FILE.npz` (`ResViT.load_vit_weights`, as ResViT's `load_from`). There is no
-  Res-CNN pre-training stage;
+- trained from scratch by default: no ImageNet-21k ViT weights are downloaded. A user who has the file ResViT
+  starts from (`R50+ViT-B_16.npz`, or Google's `ViT-B_16.npz`) loads its transformer with `mmhvae train
+  --method resvit --config paper --vit-weights FILE.npz` (`ResViT.load_vit_weights`, as ResViT's `load_from`);
+  their Res-CNN pre-training stage is this network with `transformer_blocks: []`, whose model file `--init-from`
+  accepts for the full ResViT (README, "ResViT's two-stage recipe");
 - our per-modality PatchGAN critics (`model/critic.py`), not their conditional PatchGAN.
 
 Sizes: `ResViTConfig()` is the original (ngf 64, ViT-B: hidden 768, 12 layers, 12 heads, MLP 3072), which
