@@ -36,14 +36,16 @@ class RowNoise:
     the batch: key k draws from its own generator, seeded by (seed, k), one draw per call in decoding order
     (one call per latent group). So a slice's sample is the same whether its input subset is decoded alone or
     with others, and in any slice batching; keyed by (slice, sample), every subset of a slice sees the same
-    noise (common random numbers, which also make comparisons between subsets less noisy).
+    noise (common random numbers, which also make comparisons between subsets less noisy). The generators are
+    CPU ones whatever the device, so a GPU draws the same noise as a CPU (CUDA's generator would draw other
+    numbers from the same seed) and predictions agree across machines up to float rounding.
     """
 
     def __init__(self, keys: torch.Tensor, seed: int = 0):
         unique, self.row_to_key = torch.unique(keys.cpu(), return_inverse=True)
         self.generators = []
         for key in unique.tolist():
-            generator = torch.Generator(device=keys.device)
+            generator = torch.Generator()
             generator.manual_seed(self.stream_seed(seed, key))
             self.generators.append(generator)
 
@@ -54,9 +56,8 @@ class RowNoise:
 
     def draw(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Noise of `shape` ([rows, ...]): the next draw of each row's key."""
-        per_key = torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype, device=device)
-                               for g in self.generators])
-        return per_key[self.row_to_key.to(device)]
+        per_key = torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype) for g in self.generators])
+        return per_key.to(device)[self.row_to_key.to(device)]
 
 
 def standard_normal_like(x: torch.Tensor, generator: torch.Generator | RowNoise | None = None) -> torch.Tensor:

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The GPU figures of the Performance section (bf16 latency at batch 16 and the ReMIND-sized epoch estimate at the
+# paper setting) and the CUDA tests (tests/test_cuda.py), in one call of a lent GPU machine that has no network.
+# Its image holds PyTorch, Lightning, scikit-image and pytest, not nibabel, MONAI or nilearn, which travel as
+# wheels. Prepare here once:
+#   echo /.whl/ >> .git/info/exclude && bash benchmarks/gpu_check.sh --fetch-wheels
+# then on the machine (the device tool), carrying them: command "bash benchmarks/gpu_check.sh", carry [".whl"],
+# timeout_s 540. Everything it prints also goes to $OUT (runs/gpu-check where OUT is unset).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--fetch-wheels" ]; then
+  # shellcheck disable=SC2046  # one argument per pinned requirement
+  exec python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+    $(grep -iE '^(nibabel|monai|nilearn)==' constraints.txt)
+fi
+out=${OUT:-runs/gpu-check}
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || { echo "no wheels in .whl: run 'bash benchmarks/gpu_check.sh --fetch-wheels' here and carry .whl"; exit 2; }
+export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1
+mmhvae=(python3 -c 'import sys; from mmhvae.cli import main; sys.exit(main())')  # the package is not installed
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, output kept in $out/NAME.txt; go on if it fails
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name"
+  timeout "$limit" "$@" 2>&1 | tee "$out/$name.txt"
+  echo "== $name: exit ${PIPESTATUS[0]}"
+}
+step machine 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"'
+step cuda-tests 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step paper-bf16 200 "${mmhvae[@]}" benchmark --configs paper --methods mmhvae --device cuda --precision bf16 --repeats 5 \
+  --train-batches 4,16 --json "$out/paper-bf16.json"
+step tiny-bf16 120 "${mmhvae[@]}" benchmark --configs tiny --device cuda --precision bf16 --repeats 3 \
+  --train-batches 16 --json "$out/tiny-bf16.json"
