@@ -5,7 +5,8 @@
 # wheels. Prepare here once:
 #   echo /.whl/ >> .git/info/exclude && bash benchmarks/gpu_check.sh --fetch-wheels
 # then on the machine (the device tool), carrying them: command "bash benchmarks/gpu_check.sh", carry [".whl"],
-# timeout_s 540. Everything it prints also goes to $OUT (runs/gpu-check where OUT is unset).
+# timeout_s 540 (its steps' limits add up to 480 s). Everything it prints also goes to $OUT/log.txt (runs/gpu-check
+# where OUT is unset); it exits 1 if a step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--fetch-wheels" ]; then
@@ -16,20 +17,25 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
 fi
 out=${OUT:-runs/gpu-check}
 mkdir -p "$out"
+exec > >(tee -a "$out/log.txt") 2>&1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "no wheels in .whl: run 'bash benchmarks/gpu_check.sh --fetch-wheels' here and carry .whl"; exit 2; }
 export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1
 mmhvae=(python3 -c 'import sys; from mmhvae.cli import main; sys.exit(main())')  # the package is not installed
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, output kept in $out/NAME.txt; go on if it fails
-  local name=$1 limit=$2
+failed=0
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, output also in $out/NAME.txt; go on if it fails
+  local name=$1 limit=$2 status
   shift 2
   echo "== $name"
-  timeout "$limit" "$@" 2>&1 | tee "$out/$name.txt"
-  echo "== $name: exit ${PIPESTATUS[0]}"
+  timeout -k 10 "$limit" "$@" 2>&1 | tee "$out/$name.txt"
+  status=${PIPESTATUS[0]}
+  echo "== $name: exit $status"
+  [ "$status" = 0 ] || failed=1
 }
-step machine 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"'
-step cuda-tests 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
-step paper-bf16 200 "${mmhvae[@]}" benchmark --configs paper --methods mmhvae --device cuda --precision bf16 --repeats 5 \
+step machine 20 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"'
+step cuda-tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step paper-bf16 170 "${mmhvae[@]}" benchmark --configs paper --methods mmhvae --device cuda --precision bf16 --repeats 5 \
   --train-batches 4,16 --json "$out/paper-bf16.json"
-step tiny-bf16 120 "${mmhvae[@]}" benchmark --configs tiny --device cuda --precision bf16 --repeats 3 \
+step tiny-bf16 90 "${mmhvae[@]}" benchmark --configs tiny --device cuda --precision bf16 --repeats 3 \
   --train-batches 16 --json "$out/tiny-bf16.json"
+exit $failed

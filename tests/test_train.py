@@ -355,6 +355,8 @@ def small_vit_checkpoint(path, layers=2, hidden=64, heads=1, mlp=256):
 
 
 def test_vit_weights_start_resvits_transformer_from_an_imagenet_checkpoint(cohort, config_file, tmp_path):
+    import numpy as np
+
     from mmhvae.info import describe
 
     config = tmp_path / "resvit.yaml"
@@ -386,6 +388,15 @@ def test_vit_weights_start_resvits_transformer_from_an_imagenet_checkpoint(cohor
         train(cohort, tmp_path / "text", config, max_steps=1, progress=False, vit_weights=tmp_path / "text.npz")
     with pytest.raises(InputError, match="--init-from takes a model file; .* --vit-weights"):
         train(cohort, tmp_path / "npz", config, max_steps=1, progress=False, init_from=checkpoint)
+    corrupt = tmp_path / "corrupt.npz"  # a zip archive whose compressed data is damaged
+    np.savez_compressed(corrupt, **arrays)
+    data = bytearray(corrupt.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="corrupt.npz: --vit-weights: cannot read the ViT checkpoint"):
+        train(cohort, tmp_path / "corrupt", config, max_steps=1, progress=False, vit_weights=corrupt)
+    with pytest.raises(InputError, match="--resume continues from the run's checkpoint"):
+        train(cohort, interrupted, resume=True, progress=False, vit_weights=checkpoint)
 
 
 def test_resvits_two_stages_res_cnn_then_resvit_keep_the_res_cnns_weights(cohort, tmp_path):

@@ -23,6 +23,7 @@ import os
 import time
 import warnings
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -559,6 +560,9 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
     if resume:
         if method is not None and method != run.train.method:
             raise InputError(f"--method {method}: this run trains {run.train.method!r}", out)
+        if last.is_file() and (init_from is not None or vit_weights is not None):
+            raise InputError("--resume continues from the run's checkpoint, which already holds the weights it "
+                             "started from: drop --init-from and --vit-weights", out)
     else:
         run = with_method(run, method or run.train.method)
     changes = {k: v for k, v in {"max_steps": max_steps, "max_minutes": max_minutes, **(overrides or {})}.items()
@@ -576,6 +580,8 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
     if init_from is not None and starting_fresh:
         module.initialised_from = initialise_from(module, init_from, run)
     if vit_weights is not None and starting_fresh:
+        if module.initialised_from is not None and "grown" not in module.initialised_from:
+            warnings.warn(f"--vit-weights replaces the transformer that {init_from} trained", stacklevel=2)
         module.vit_weights_from = initialise_from_vit(module, vit_weights)
     if not launched_replica:  # only now: a run refused above leaves no config.yaml, so the folder can be reused
         save_config(run, out / "config.yaml")
@@ -634,7 +640,8 @@ def initialise_from(module: MMHVAEModule, path: str | Path, run: RunConfig) -> d
     if fresh:
         provenance["fresh"] = fresh
     if grown:
-        provenance["grown"] = {part: sum(part_of(name) == part for name in differing) for part in grown}  # new tensors
+        # new state-dict entries per part (a module shared by several blocks counts under each of its names)
+        provenance["grown"] = {part: sum(part_of(name) == part for name in differing) for part in grown}
     if changed:
         provenance["settings"] = changed
     return provenance
@@ -660,15 +667,23 @@ def initialise_from_vit(module: pl.LightningModule, path: str | Path) -> dict[st
     try:
         with np.load(path) as archive:
             weights = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
         raise InputError(f"--vit-weights: cannot read the ViT checkpoint ({error})", path) from error
     try:
         module.model.load_vit_weights(weights)
     except ValueError as error:
         raise InputError(f"--vit-weights: {error}", path) from error
     module.ema.load_state_dict(module.model.state_dict())
-    checksum = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return {"path": str(path), "checksum": checksum}
+    return {"path": str(path), "checksum": file_sha256(path)}
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in chunks (an ImageNet ViT checkpoint is 400 MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def changed_settings(before: Any, after: Any) -> dict[str, list[Any]]:

@@ -191,7 +191,13 @@ def test_a_vit_checkpoint_that_does_not_fit_is_refused_naming_what_differs() -> 
         model.load_vit_weights(vit_checkpoint(**{**fits, "heads": 1}))
     missing = vit_checkpoint(**fits)
     del missing["Transformer/encoderblock_1/MlpBlock_3/Dense_1/bias"]
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     with pytest.raises(ValueError, match="encoderblock_1/MlpBlock_3/Dense_1/bias"):
         model.load_vit_weights(missing)
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in before.items())  # untouched
+    text = vit_checkpoint(**fits)
+    text["Transformer/encoder_norm/bias"] = np.array(["x"] * config.hidden_size)
+    with pytest.raises(ValueError, match="encoder_norm/bias' is not numeric"):
+        model.load_vit_weights(text)
     with pytest.raises(ValueError, match="no transformer blocks"):
         ResViT(small_config(transformer_blocks=())).load_vit_weights(vit_checkpoint(**fits))

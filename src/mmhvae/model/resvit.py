@@ -222,12 +222,16 @@ class ResViT(ZeroImputationGenerator):
         layer and the final LayerNorm, and the position embedding of every transformer branch (class token
         dropped, grid resized bilinearly from the checkpoint's to this network's, corners aligned as
         scipy.ndimage.zoom order 1). The convolutions and the 1x1 patch embeddings keep their own weights.
-        Raises ValueError (naming the array) when the checkpoint lacks an array or does not fit the network."""
+        Raises ValueError (naming the array), the network unchanged, when the checkpoint lacks an array or does
+        not fit the network."""
 
         def array(name: str) -> Tensor:
             if name not in weights:
                 raise ValueError(f"no array {name!r}: not a ViT checkpoint of the ViT-B_16 kind")
-            return torch.as_tensor(np.asarray(weights[name]), dtype=torch.float32)
+            try:
+                return torch.as_tensor(np.asarray(weights[name], dtype=np.float32))
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"array {name!r} is not numeric ({error})") from error
 
         c = self.config
         encoder = self.shared_encoder
@@ -243,12 +247,14 @@ class ResViT(ZeroImputationGenerator):
                              f"{mlp}; this ResViT has {c.transformer_layers}, {c.hidden_size}, {c.heads} and "
                              f"{c.mlp_size} (the original ViT-B's: --config paper)")
 
+        pending: list[tuple[Tensor, Tensor]] = []  # copied only once every array has been read and checked
+
         def copy(target: Tensor, name: str, source: Tensor | None = None) -> None:
             source = array(name) if source is None else source
             if source.numel() != target.numel():
                 raise ValueError(f"array {name!r} has {source.numel()} values where {tuple(target.shape)} "
                                  "were expected")
-            target.copy_(source.reshape(target.shape))
+            pending.append((target, source.reshape(target.shape)))
 
         def linear_weight(name: str, in_features: int) -> Tensor:
             # Flax kernels are [in, ...out] (query [D, heads, head_dim], out [heads, head_dim, D]); torch's
@@ -285,7 +291,9 @@ class ResViT(ZeroImputationGenerator):
         position = resized_position_embedding(array("Transformer/posembed_input/pos_embedding"), c.token_grid)
         for block in self.blocks:
             if block.branch is not None:
-                block.branch.position.copy_(position)
+                copy(block.branch.position, "Transformer/posembed_input/pos_embedding", position)
+        for target, source in pending:
+            target.copy_(source)
 
     @property
     def shared_encoder(self) -> nn.TransformerEncoder | None:
