@@ -14,9 +14,9 @@ M=.venv/bin/mmhvae
 STEPS=${3:-300}  # the training budget whose models are compared (REPORT_WORK may hold several)
 source reports/lib.sh
 models=()
-# The report's Table I methods; m2dn too where REPORT_WORK has its run (METHODS="... m2dn"): the committed page's
-# report left it out (its 18 sampling steps make the evaluations long on a CPU).
-for method in ${METHODS:-mmhvae mopoe average concat-zeros mmgan resvit}; do
+# The report's Table I methods (METHODS="mmhvae ..." for fewer: M2DN's 18 sampling steps make its synthesis the
+# longest part on a CPU, about 10 minutes of the 36).
+for method in ${METHODS:-mmhvae mopoe average concat-zeros mmgan resvit m2dn}; do
   # A method's own run folders are METHOD-<8-character digest>; variants (mmgan-lr2e-3-...) do not match.
   model=$(grep -l "^  max_steps: $STEPS\$" "$WORK"/runs/"$method"-????????/config.yaml | head -1)
   [ -n "$model" ] || { echo "no $method run of $STEPS steps in $WORK/runs" >&2; exit 2; }
