@@ -438,6 +438,7 @@ def test_resvits_two_stages_res_cnn_then_resvit_keep_the_res_cnns_weights(cohort
     assert meta["init_from"]["grown"] == provenance["grown"] and meta["vit_weights"]["path"] == str(checkpoint)
     text = describe(model=resvit)
     assert f"started from      the weights in {res_cnn}" in text and "transformer from  the ViT checkpoint" in text
+    assert f"not from it       blocks ({len(fresh_branch)} new tensors)" in text
 
 
 def test_trainable_parts_fit_fresh_decoders_onto_a_frozen_model(cohort, config_file, tmp_path):
@@ -455,6 +456,9 @@ def test_trainable_parts_fit_fresh_decoders_onto_a_frozen_model(cohort, config_f
     provenance = load_model_file(second).meta["init_from"]
     assert provenance["fresh"] == ["decoders"] and list(provenance["settings"]) == ["decoder_features"]
     assert provenance["settings"]["decoder_features"][1] == 12
+    from mmhvae.info import describe
+
+    assert "not from it       decoders (fresh)" in describe(model=second)
     frozen = [name for name in before if not name.startswith("decoders.")]
     assert frozen and all(torch.equal(before[name], after[name]) for name in frozen)
     decoders = [name for name in after if name.startswith("decoders.") and name.endswith("weight")]

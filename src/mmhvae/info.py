@@ -46,6 +46,10 @@ def network_lines(network: torch.nn.Module, source: str, meta: dict) -> list[str
         start = meta["init_from"]
         lines.append(f"  started from      the weights in {start['path']} (checksum {start['checksum'][:12]}, "
                      f"itself trained {start.get('steps', '?')} steps)")
+        if start.get("fresh") or start.get("grown"):  # parts that did not come (wholly) from that file
+            parts = [f"{part} (fresh)" for part in start.get("fresh", [])]
+            parts += [f"{part} ({count} new tensors)" for part, count in start.get("grown", {}).items()]
+            lines.append(f"  not from it       {', '.join(parts)}")
     if meta.get("vit_weights"):
         vit = meta["vit_weights"]
         lines.append(f"  transformer from  the ViT checkpoint {vit['path']} (sha256 {vit['checksum'][:12]})")
