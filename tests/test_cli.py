@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 
-from mmhvae.cli import main
+from mmhvae.cli import main, show_warnings_to_users
 
 from conftest import brain_like, huge_header_file, make_subject, write_nifti
 
@@ -80,3 +81,18 @@ def test_simulate_refuses_to_overwrite_a_cohort(tmp_path):
     (tmp_path / "cohort.json").write_text("{}")
     result = run("simulate", "--out", tmp_path, "--subjects", 1)
     assert result.returncode == 2 and "already holds a cohort" in result.stderr
+
+
+def test_warnings_name_their_library_and_hide_its_deprecation_notices(capsys):
+    library = "/venv/lib/python3.11/site-packages/lightning/pytorch/utilities/_pytree.py"
+    ours = "/work/src/mmhvae/train.py"
+    with warnings.catch_warnings():
+        show_warnings_to_users()
+        warnings.warn_explicit("LeafSpec is deprecated", DeprecationWarning, library, 21,
+                               module="lightning.pytorch.utilities._pytree")
+        warnings.warn_explicit("no GPU found", UserWarning, library, 30, module="lightning.pytorch.utilities._pytree")
+        warnings.warn_explicit("old option", FutureWarning, ours, 5, module="mmhvae.train")
+        warnings.warn_explicit("mmhvae_extra is not mmhvae", FutureWarning, library, 7, module="mmhvae_extra.x")
+    assert capsys.readouterr().err.splitlines() == [
+        "mmhvae: warning (from lightning): no GPU found",
+        "mmhvae: warning: old option"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 
 import pytest
@@ -36,9 +37,12 @@ def read_log(run):
     return rows
 
 
-def test_a_short_cpu_run_writes_config_logs_checkpoints_and_a_model(cohort, config_file, tmp_path):
+def test_a_short_cpu_run_writes_config_logs_checkpoints_and_a_model(cohort, config_file, tmp_path, caplog):
     run = tmp_path / "run"
-    model_path = train(cohort, run, config_file, max_steps=4, progress=False)
+    with caplog.at_level(logging.INFO):
+        model_path = train(cohort, run, config_file, max_steps=4, progress=False)
+    lightning_says = caplog.text
+    assert "GPU available" in lightning_says and "💡" not in lightning_says  # its information, not its adverts
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     loaded = load_model_file(model_path)
     assert loaded.meta["steps"] == 4 and loaded.modalities == ("us", "t2", "t1c", "flair")

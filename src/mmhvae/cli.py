@@ -505,9 +505,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def warning_source(filename: str) -> str:
+    """The installed package a warning was raised in ("mmhvae" for ours and for code outside any package)."""
+    parts = Path(filename).parts
+    for folder in ("site-packages", "dist-packages"):
+        if folder in parts and parts.index(folder) + 1 < len(parts):
+            package = parts[parts.index(folder) + 1]
+            return "mmhvae" if package == "mmhvae" else package.removesuffix(".py")
+    return "mmhvae"
+
+
 def print_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one line each, like the errors (no source line of ours)."""
-    print(f"mmhvae: warning: {message}", file=sys.stderr)
+    """Warnings as one line each, like the errors (no source line); a library's warning names the library."""
+    source = warning_source(str(filename))
+    origin = "" if source == "mmhvae" else f" (from {source})"
+    print(f"mmhvae: warning{origin}: {message}", file=sys.stderr)
+
+
+def show_warnings_to_users() -> None:
+    """Our warnings and the libraries' run-time ones, once per place; not the libraries' deprecation notices.
+
+    Those address the developers of the code that calls a library (Lightning calling torch, say), not whoever
+    runs `mmhvae`, and they used to appear in every training log as if they were ours.
+    """
+    warnings.simplefilter("default")
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("default", category=category, module=r"mmhvae(\.|$)")
+    warnings.showwarning = print_warning
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -523,8 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()  # our own process: large CPU tensors reuse freed pages (allocator.py)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("default")
-            warnings.showwarning = print_warning
+            show_warnings_to_users()
             return int(args.func(args) or 0)
     except InputError as exc:
         print(f"mmhvae: error: {exc}", file=sys.stderr)

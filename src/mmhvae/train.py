@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import os
 import time
 import warnings
@@ -457,6 +458,11 @@ def atomic_checkpoint_io():
     return AtomicCheckpointIO()
 
 
+def is_not_a_lightning_tip(record: logging.LogRecord) -> bool:
+    """Lightning's "💡 Tip" lines advertise its cloud services, on every run of a tool that works offline."""
+    return not str(record.msg).startswith("💡")
+
+
 def build_trainer(out: Path, run: RunConfig, devices: int = 1, nodes: int = 1, accelerator: str = "auto",
                   progress: bool = True, stop_at_step: int | None = None, session: int = 0) -> pl.Trainer:
     """The Lightning trainer; each call of `train` on a run folder logs to logs/session-<n>/metrics.csv."""
@@ -473,6 +479,7 @@ def build_trainer(out: Path, run: RunConfig, devices: int = 1, nodes: int = 1, a
         strategy = DDPStrategy(find_unused_parameters=True, process_group_backend=None if use_gpu else "gloo")
     checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                                   every_n_epochs=1, save_on_train_epoch_end=True, save_top_k=1, save_last=True)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(is_not_a_lightning_tip)
     return pl.Trainer(
         default_root_dir=out,
         accelerator="gpu" if use_gpu else "cpu",
