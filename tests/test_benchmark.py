@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from mmhvae.benchmark import all_subsets_times, benchmark, cpu_description, markdown, method_network
+from mmhvae.benchmark import all_subsets_times, benchmark, cpu_description, markdown, method_network, training_step_time
 
 from conftest import SMALL_CONFIG
 
@@ -64,3 +64,21 @@ def test_cpu_description_names_the_cpu_its_family_model_and_avx512(tmp_path):
     cpuinfo.write_text("cpu family\t: 6\nmodel\t\t: 85\nmodel name\t: Intel Xeon\nflags\t\t: avx2 avx512_vnni\n")
     assert cpu_description(cpuinfo)["avx512"] == "no"  # AVX-512 foundation is the avx512f flag
     assert cpu_description(tmp_path / "absent")["cpu_family"] == "?"
+
+
+
+def test_compile_reaches_the_networks_that_support_it_in_inference_and_training(tmp_path, monkeypatch):
+    # torch.compile's own outputs are tested in tests/model/test_mmhvae.py; here, that the benchmark applies it
+    from mmhvae.model.mmhvae import MMHVAE
+
+    compiled = []
+    monkeypatch.setattr(MMHVAE, "compile_blocks", lambda self: compiled.append(self) or self)
+    config = tmp_path / "small.yaml"
+    config.write_text(SMALL_CONFIG)
+    report = benchmark([str(config)], ["mmhvae", "mmgan"], repeats=1, depth=1, train_batches=(),
+                       phantom_subjects=0, compile_network=True)
+    mmhvae, mmgan = report["results"]
+    assert mmhvae["compiled"] and not mmgan["compiled"] and len(compiled) == 1
+    assert "| mmhvae (compiled) |" in markdown(report) and "| mmgan |" in markdown(report)
+    assert training_step_time(str(config), "mmhvae", 2, 1, "cpu", compile_network=True)["seconds"] > 0
+    assert len(compiled) == 2

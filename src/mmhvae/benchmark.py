@@ -6,7 +6,9 @@ against 15 single-subset runs, the training-step time at batch 4 and 16 with T =
 that step, and the time of one training epoch over a ReMIND-sized set (70 volumes x 160 slices) at the
 largest batch; plus the phantom generator's subjects per second. Times are medians of repeated runs after a
 warm-up. Each training measurement runs in a fresh process, so its peak resident memory is its own.
-`precision` "bf16" runs the networks under bf16 autocast (the GPU default of predict and train).
+`precision` "bf16" runs the networks under bf16 autocast (the GPU default of predict and train); `compile`
+applies torch.compile to the convolutional stacks of the networks that support it (MMHVAE and the methods built
+from it, as `predict --compile` and `train.compile` do); compilation happens in the untimed warm-up.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Result:
     train_step_s: dict[str, float] = field(default_factory=dict)
     train_peak_memory_gb: dict[str, float] = field(default_factory=dict)
     precision: str = "fp32"
+    compiled: bool = False
 
     @property
     def batched_subset_ratio(self) -> float:
@@ -143,14 +146,15 @@ def all_subsets_times(model: torch.nn.Module, depth: int, repeats: int, precisio
     return together, separately
 
 
-def training_step_time(config: str, method: str, batch: int, repeats: int, device: str, precision: str = "fp32"
-                       ) -> dict[str, float]:
+def training_step_time(config: str, method: str, batch: int, repeats: int, device: str, precision: str = "fp32",
+                       compile_network: bool = False) -> dict[str, float]:
     """One Algorithm-1 step (T passes, backward, optimiser) in this process: median seconds and peak memory."""
     from mmhvae.train import module_for
 
     keep_freed_memory()  # as every `mmhvae` command does
     network, run = method_network(config, method)
     run.train.batch_size = batch
+    run.train.compile = compile_network
     module = module_for(run).to(device)
     module.model.load_state_dict(network.state_dict())
     optimiser = torch.optim.Adamax(module.model.parameters(), lr=run.train.lr)
@@ -179,14 +183,16 @@ def training_step_time(config: str, method: str, batch: int, repeats: int, devic
 
 
 def training_step_in_fresh_process(config: str, method: str, batch: int, repeats: int, device: str,
-                                   threads: int, precision: str = "fp32") -> dict[str, float]:
+                                   threads: int, precision: str = "fp32", compile_network: bool = False
+                                   ) -> dict[str, float]:
     """Run `training_step_time` in a child process so that its peak memory is measured alone."""
     code = ("import json, sys, torch; torch.set_num_threads(int(sys.argv[6])); "
             "from mmhvae.benchmark import training_step_time; "
             "print(json.dumps(training_step_time(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "
-            "sys.argv[5], sys.argv[7])))")
+            "sys.argv[5], sys.argv[7], sys.argv[8] == 'compile')))")
     done = subprocess.run([sys.executable, "-c", code, config, method, str(batch), str(repeats), device,
-                           str(threads), precision], capture_output=True, text=True)
+                           str(threads), precision, "compile" if compile_network else "eager"],
+                          capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {"seconds": float("nan"), "peak_gb": float("nan"), "error": last[:200]}
@@ -203,8 +209,8 @@ def phantom_subjects_per_second(subjects: int = 4, size: int = 64) -> float:
 
 
 def benchmark(configs: list[str], methods: list[str], repeats: int = 3, device: str = "cpu", depth: int = 32,
-              train_batches: tuple[int, ...] = (4, 16), phantom_subjects: int = 4, precision: str = "fp32"
-              ) -> dict[str, Any]:
+              train_batches: tuple[int, ...] = (4, 16), phantom_subjects: int = 4, precision: str = "fp32",
+              compile_network: bool = False) -> dict[str, Any]:
     """Every figure of the performance issue for each (config, method); returns a JSON-ready dict."""
     keeps_freed_memory = keep_freed_memory()  # as every `mmhvae` command does
     torch_device = torch.device(device)
@@ -212,22 +218,25 @@ def benchmark(configs: list[str], methods: list[str], repeats: int = 3, device: 
     for config in configs:
         for method in methods:
             model, _ = method_network(config, method)
-            model = model.to(torch_device).eval()
             cfg = model.config
+            parameters, macs = parameter_count(model), macs_per_slice(model.eval())  # counted on the eager network
+            model = model.to(torch_device)
+            compiled = compile_network and hasattr(model, "compile_blocks")
+            if compiled:
+                model.compile_blocks()
             together, separately = all_subsets_times(model, depth, repeats, precision)
             result = Result(
-                config=config, method=method, parameters=parameter_count(model),
-                macs_all_inputs_g=macs_per_slice(model.cpu()) / 1e9,
+                config=config, method=method, parameters=parameters, macs_all_inputs_g=macs / 1e9,
                 latency_ms_batch1=0.0, latency_ms_per_slice_batch16=0.0,
                 slab=f"{cfg.image_size}x{cfg.image_size}x{depth}",
-                all_subsets_one_run_s=together, all_subsets_separate_runs_s=separately, precision=precision)
-            model = model.to(torch_device)
+                all_subsets_one_run_s=together, all_subsets_separate_runs_s=separately, precision=precision,
+                compiled=compiled)
             result.latency_ms_batch1 = 1000 * inference_latency(model, 1, repeats, torch_device, precision)
             result.latency_ms_per_slice_batch16 = 1000 * inference_latency(model, 16, repeats, torch_device,
                                                                            precision)
             for batch in train_batches:
                 measured = training_step_in_fresh_process(config, method, batch, repeats, device,
-                                                          torch.get_num_threads(), precision)
+                                                          torch.get_num_threads(), precision, compiled)
                 result.train_step_s[str(batch)] = measured["seconds"]
                 result.train_peak_memory_gb[str(batch)] = measured["peak_gb"]
             results.append(result)
@@ -296,8 +305,9 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["results"]:
         steps, memory = r["train_step_s"], r["train_peak_memory_gb"]
         training = " | ".join(f"{steps[b]:.2f} | {memory[b]:.2f}" for b in batches)
+        method = f"{r['method']} (compiled)" if r.get("compiled") else r["method"]
         lines.append(
-            f"| {r['config']} | {r['method']} | {r['parameters']:,} | {r['macs_all_inputs_g']:.2f} | "
+            f"| {r['config']} | {method} | {r['parameters']:,} | {r['macs_all_inputs_g']:.2f} | "
             f"{r['latency_ms_batch1']:.1f} | {r['latency_ms_per_slice_batch16']:.1f} | "
             f"{r['all_subsets_one_run_s']:.2f} ({r['slab']}) | {r['all_subsets_separate_runs_s']:.2f} | "
             f"{r['batched_subset_ratio']:.2f} | {training} | {r['remind_epoch_minutes']:.1f} |")

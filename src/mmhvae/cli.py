@@ -157,7 +157,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available on this machine")
     report = benchmark(args.configs.split(","), args.methods.split(","), repeats=args.repeats, device=args.device,
-                       depth=args.depth, precision=args.precision,
+                       depth=args.depth, precision=args.precision, compile_network=args.compile,
                        train_batches=tuple(int(b) for b in args.train_batches.split(",") if b))
     print(markdown(report))
     if args.json:
@@ -406,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     bench.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                        help="networks in float32 or under bf16 autocast (the GPU default of predict and train)")
+    bench.add_argument("--compile", action="store_true",
+                       help="torch.compile the networks that support it (as predict --compile); untimed warm-up")
     bench.add_argument("--depth", type=int, default=32, help="slices of the slab predicted from all 15 subsets")
     bench.add_argument("--train-batches", default="4,16", help="batch sizes of the training-step figures")
     bench.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")

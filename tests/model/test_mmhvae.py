@@ -332,7 +332,14 @@ def test_activation_checkpointing_keeps_fewer_activations() -> None:
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="torch.compile on CPU needs a C++ compiler")
-def test_compiled_blocks_give_the_same_outputs_and_keep_the_state_dict_keys() -> None:
+def test_compiled_blocks_give_the_same_outputs_and_keep_the_state_dict_keys(monkeypatch) -> None:
+    import torch._dynamo
+
+    # as if the network had more blocks of one class than torch's default limit of recompilations covers (the
+    # paper setting's 6 top-down cells at two batch sizes do): none may silently fall back to eager execution
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     torch.manual_seed(0)
     config = MMHVAEConfig.tiny(image_size=32, num_pool=3, latent_channels=(2, 4, 4), global_latent=8,
                                base_features=4, max_features=8, decoder_blocks=1)
@@ -344,4 +351,6 @@ def test_compiled_blocks_give_the_same_outputs_and_keep_the_state_dict_keys() ->
         expected = plain(images, present, sample=False).images
         got = compiled(images, present, sample=False).images
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    frames = torch._dynamo.utils.counters["frames"]
+    assert frames["total"] == frames["ok"] > 0, dict(torch._dynamo.utils.counters["unimplemented"])
     assert list(compiled.state_dict()) == list(plain.state_dict())

@@ -396,9 +396,19 @@ class MMHVAE(nn.Module):
     def compile_blocks(self) -> MMHVAE:
         """torch.compile, in place, the convolutional stacks: encoders, top-down cells and image decoders (nearly
         all the MACs). The fusion, whose expert selection depends on the data, stays eager. State-dict keys do
-        not change, so checkpoints and model files are unaffected. Pays off on GPUs; on a CPU the compilation
-        itself takes minutes."""
-        for block in (*self.encoders, *self.cells, *self.decoders):
+        not change, so checkpoints and model files are unaffected. Pays off on GPUs (see the README's
+        Performance section for what it does on a CPU).
+
+        Blocks of one class share a forward function, and torch compiles a function anew for each input shape
+        and channel count it meets, up to `torch._dynamo.config.recompile_limit` (8) times; past that it
+        silently runs the rest eagerly. The limit is raised, for the whole process, to 8 per block.
+        """
+        import torch._dynamo
+
+        blocks = (*self.encoders, *self.cells, *self.decoders)
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, 8 * len(blocks))
+        for block in blocks:
             block.compile()
         return self
 
