@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                          help="network precision: auto = bf16 autocast on CUDA, float32 on CPU")
     predict.add_argument("--compile", action="store_true",
-                         help="torch.compile the network first (pays off on GPUs and large folders)")
+                         help="torch.compile the network first (needs a C++ compiler; pays off on GPUs and "
+                              "over folders of volumes)")
     predict.add_argument("--inputs", default=None, help="use only these present modalities, e.g. t2,us")
     predict.add_argument("--all-subsets", action="store_true",
                          help="predict from every non-empty subset of the inputs in one batched run: "

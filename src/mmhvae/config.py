@@ -72,7 +72,7 @@ class TrainConfig:
     # for about one more forward pass; 0 = off.
     activation_checkpointing: int = 0
     precision: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU
-    compile: bool = False  # torch.compile the convolutional stacks (MMHVAE.compile_blocks): for GPUs
+    compile: bool = False  # torch.compile the convolutional stacks (MMHVAE.compile_blocks); needs a C++ compiler
     num_workers: int = 0
     # Top-level parts of the network that are trained, e.g. [decoders]; the others stay frozen (empty: all).
     # With `--init-from` a model file whose architecture differs only in these parts: fit new parts onto a

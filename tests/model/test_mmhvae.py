@@ -9,6 +9,7 @@ import pytest
 import torch
 from network_inputs import SIZE, B, M, all_present, count_parameters, mask, random_images
 
+from mmhvae.errors import InputError
 from mmhvae.model.mmhvae import MMHVAE, EncodedImages, EncodedModalities, MMHVAEConfig
 
 
@@ -354,3 +355,11 @@ def test_compiled_blocks_give_the_same_outputs_and_keep_the_state_dict_keys(monk
     frames = torch._dynamo.utils.counters["frames"]
     assert frames["total"] == frames["ok"] > 0, dict(torch._dynamo.utils.counters["unimplemented"])
     assert list(compiled.state_dict()) == list(plain.state_dict())
+
+
+def test_compiling_without_a_cpp_compiler_is_refused_before_any_work(monkeypatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    config = MMHVAEConfig.tiny(image_size=32, num_pool=3, latent_channels=(2, 4, 4), global_latent=8,
+                               base_features=4, max_features=8, decoder_blocks=1)
+    with pytest.raises(InputError, match="needs a C.. compiler"):
+        MMHVAE(config).compile_blocks()

@@ -23,6 +23,8 @@ Two different "concatenation with zeros" exist here, do not confuse them:
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -31,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmhvae.errors import InputError
 from mmhvae.model.blocks import (
     NORMS,
     DecoderCell,
@@ -405,6 +408,12 @@ class MMHVAE(nn.Module):
         """
         import torch._dynamo
 
+        # torch compiles the generated kernels with the system's C++ compiler, on CPUs and GPUs alike; without one
+        # it fails only at the first forward pass, deep inside a run, with a page of traceback
+        compilers = (os.environ.get("CXX", ""), "g++", "clang++", "c++")
+        if not any(shutil.which(name) for name in compilers if name):
+            raise InputError("torch.compile needs a C++ compiler (g++ or clang++, or $CXX) and this machine has "
+                             "none: install one, or leave out --compile / train.compile")
         blocks = (*self.encoders, *self.cells, *self.decoders)
         limit = torch._dynamo.config.recompile_limit
         torch._dynamo.config.recompile_limit = max(limit, 8 * len(blocks))
