@@ -53,6 +53,16 @@ def test_a_short_cpu_run_writes_config_logs_checkpoints_and_a_model(cohort, conf
         train(cohort, run, config_file, max_steps=4, progress=False)
 
 
+
+def test_validation_runs_on_held_out_subjects_and_is_off_without_them(cohort, config_file, tmp_path, recwarn):
+    held_out = tmp_path / "held-out"
+    train(cohort, held_out, config_file, max_steps=2, progress=False)
+    assert any(r.get("val_psnr_all") for r in read_log(held_out))
+    none = tmp_path / "none"
+    train(cohort, none, config_file, max_steps=2, progress=False, overrides={"val_fraction": 0.0})
+    assert read_log(none) and not any(r.get("val_psnr_all") for r in read_log(none))
+    assert not [w for w in recwarn if "across ranks is zero" in str(w.message)]  # Lightning's empty-loader notice
+
 def test_bf16_mixed_precision_trains_with_the_gan_phase(cohort, tmp_path):
     """The GPU default (bf16 autocast), run on the CPU: every loss finite, critics included."""
     config = tmp_path / "bf16.yaml"

@@ -464,8 +464,13 @@ def is_not_a_lightning_tip(record: logging.LogRecord) -> bool:
 
 
 def build_trainer(out: Path, run: RunConfig, devices: int = 1, nodes: int = 1, accelerator: str = "auto",
-                  progress: bool = True, stop_at_step: int | None = None, session: int = 0) -> pl.Trainer:
-    """The Lightning trainer; each call of `train` on a run folder logs to logs/session-<n>/metrics.csv."""
+                  progress: bool = True, stop_at_step: int | None = None, session: int = 0,
+                  validates: bool = True) -> pl.Trainer:
+    """The Lightning trainer; each call of `train` on a run folder logs to logs/session-<n>/metrics.csv.
+
+    `validates` False (no validation subjects) turns validation off, which Lightning would otherwise run on an
+    empty loader with a warning that means nothing to the user.
+    """
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
@@ -492,7 +497,7 @@ def build_trainer(out: Path, run: RunConfig, devices: int = 1, nodes: int = 1, a
         max_epochs=-1,
         val_check_interval=train.validate_every,
         check_val_every_n_epoch=None,
-        limit_val_batches=8,
+        limit_val_batches=8 if validates else 0,
         num_sanity_val_steps=0,
         callbacks=[checkpoints],
         plugins=[atomic_checkpoint_io()],
@@ -577,10 +582,11 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
     run = RunConfig(run.model, run.data, replace(run.train, **changes))
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(run.train.seed, workers=True, verbose=False)
+    val_subjects = validation_subjects(data, run)
     datamodule = SliceDataModule(data, run.data, batch_size=run.train.batch_size,
                                  batches_per_epoch=run.train.checkpoint_every,
                                  folds=run.train.folds, test_fold=run.train.test_fold,
-                                 val_subjects=validation_subjects(data, run), seed=run.train.seed,
+                                 val_subjects=val_subjects, seed=run.train.seed,
                                  cache_dir=out / "cache", num_workers=run.train.num_workers)
     module = module_for(run)
     starting_fresh = not (resume and last.is_file())
@@ -593,7 +599,8 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
     if not launched_replica:  # only now: a run refused above leaves no config.yaml, so the folder can be reused
         save_config(run, out / "config.yaml")
     session = len(list((out / "logs").glob("session-*")))
-    trainer = build_trainer(out, run, devices, nodes, accelerator, progress, stop_at_step, session)
+    trainer = build_trainer(out, run, devices, nodes, accelerator, progress, stop_at_step, session,
+                            validates=bool(val_subjects))
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None)
     in_sync = replicas_in_sync(module.model)
     model_path = out / MODEL_FILE
