@@ -512,9 +512,8 @@ def warning_source(filename: str) -> str:
     """The installed package a warning was raised in ("mmhvae" for ours and for code outside any package)."""
     parts = Path(filename).parts
     for folder in ("site-packages", "dist-packages"):
-        if folder in parts and parts.index(folder) + 1 < len(parts):
-            package = parts[parts.index(folder) + 1]
-            return "mmhvae" if package == "mmhvae" else package.removesuffix(".py")
+        if folder in parts[:-1]:
+            return parts[parts.index(folder) + 1].removesuffix(".py")
     return "mmhvae"
 
 
