@@ -12,10 +12,23 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 NORMS = ("instance", "instance_affine", "group", "none")
+
+
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """nn.InstanceNorm2d (batch statistics only), computed by torch's group-norm kernel.
+
+    Instance norm is group norm with one channel per group. torch computes instance norm by reshaping
+    to [1, B*C, H, W] and calling batch norm, which on CPUs is about 15 % slower end to end for this
+    network (paper setting, 2 cores); same maths, same parameters and state-dict keys.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -26,9 +39,9 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     what makes batching different input subsets in one batch exact. Batch norm is deliberately absent.
     """
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=False)
+        return InstanceNorm2d(channels, affine=False)
     if kind == "instance_affine":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return InstanceNorm2d(channels, affine=True)
     if kind == "group":
         return nn.GroupNorm(min(8, channels), channels)
     if kind == "none":

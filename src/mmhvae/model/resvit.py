@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmhvae.model.blocks import make_norm
 from mmhvae.model.mmhvae import MMHVAEConfig, PlainDictConfig
 from mmhvae.model.zero_imputation import ZeroImputationGenerator, config_checker
 
@@ -112,7 +113,7 @@ def conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> n
 
 
 def norm(channels: int) -> nn.Module:
-    return nn.InstanceNorm2d(channels, affine=True)
+    return make_norm("instance_affine", channels)
 
 
 def conv_norm_relu(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Sequential:
