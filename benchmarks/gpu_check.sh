@@ -5,7 +5,7 @@
 # wheels. Prepare here once:
 #   echo /.whl/ >> .git/info/exclude && bash benchmarks/gpu_check.sh --fetch-wheels
 # then on the machine (the device tool), carrying them: command "bash benchmarks/gpu_check.sh", carry [".whl"],
-# timeout_s 540 (its steps' limits add up to 480 s). Everything it prints also goes to $OUT/log.txt (runs/gpu-check
+# timeout_s 570 (its steps' limits add up to 520 s). Everything it prints also goes to $OUT/log.txt (runs/gpu-check
 # where OUT is unset); it exits 1 if a step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +36,8 @@ step machine 20 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version
 step cuda-tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 step paper-bf16 170 "${mmhvae[@]}" benchmark --configs paper --methods mmhvae --device cuda --precision bf16 --repeats 5 \
   --train-batches 4,16 --json "$out/paper-bf16.json"
-step tiny-bf16 90 "${mmhvae[@]}" benchmark --configs tiny --device cuda --precision bf16 --repeats 3 \
+step kernels-paper-bf16 50 python3 benchmarks/bench_kernels.py --config paper --device cuda --precision bf16 \
+  --rounds 5 --train-batch 4 --json "$out/kernels-paper-bf16.json"
+step tiny-bf16 80 "${mmhvae[@]}" benchmark --configs tiny --device cuda --precision bf16 --repeats 3 \
   --train-batches 16 --json "$out/tiny-bf16.json"
 exit $failed

@@ -83,3 +83,20 @@ def test_training_on_the_gpu_in_bf16_mixed_precision(method, tmp_path):
     loaded = load_model_file(model_path)
     assert loaded.meta["steps"] == 4
     assert all(torch.isfinite(p).all() for p in loaded.model.parameters())
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_the_group_norm_kernel_gives_torchs_instance_norm_on_cuda(affine, monkeypatch):
+    """`benchmarks/bench_kernels.py` times both kernels on a GPU; they must agree there as on the CPU."""
+    from torch import nn
+
+    from mmhvae.model.blocks import InstanceNorm2d
+
+    monkeypatch.setattr(InstanceNorm2d, "group_norm_devices", ("cpu", "cuda"))
+    torch.manual_seed(0)
+    ours, reference = InstanceNorm2d(6, affine=affine).cuda(), nn.InstanceNorm2d(6, affine=affine).cuda()
+    x = (3 * torch.randn(3, 6, 9, 7, device="cuda") + 2).requires_grad_()
+    y_ours, (gradient_ours,) = ours(x), torch.autograd.grad(ours(x).square().sum(), x)
+    y_reference, (gradient_reference,) = reference(x), torch.autograd.grad(reference(x).square().sum(), x)
+    torch.testing.assert_close(y_ours, y_reference)
+    torch.testing.assert_close(gradient_ours, gradient_reference)

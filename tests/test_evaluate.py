@@ -130,8 +130,9 @@ def test_samples_score_the_mean_of_several_draws_and_the_table_says_so(setup, tm
     model, data = setup
     one = evaluate(model, data, tmp_path / "t0-one", with_lpips=False, temperature=0.0)
     three = evaluate(model, data, tmp_path / "t0-three", with_lpips=False, temperature=0.0, samples=3)
-    # at temperature 0 every draw is the posterior mean: the mean of three is the one
-    assert [r["ssim"] for r in three] == pytest.approx([r["ssim"] for r in one], abs=1e-6)
+    # at temperature 0 every draw is the posterior mean: the mean of three is the one (up to float rounding,
+    # which differs between batch sizes)
+    assert [r["ssim"] for r in three] == pytest.approx([r["ssim"] for r in one], abs=1e-5)
     noisy_one = evaluate(model, data, tmp_path / "t1-one", with_lpips=False, temperature=1.0)
     noisy_three = evaluate(model, data, tmp_path / "t1-three", with_lpips=False, temperature=1.0, samples=3)
     assert [r["psnr"] for r in noisy_three] != pytest.approx([r["psnr"] for r in noisy_one], abs=1e-3)

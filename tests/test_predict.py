@@ -87,8 +87,9 @@ def test_batched_subsets_equal_separate_runs_sample_for_sample(model_file, tmp_p
         together = synthesise(loaded.model, prepared, subsets, temperature, samples=2, max_rows=5)
         for subset, joint in zip(subsets, together):
             (alone,) = synthesise(loaded.model, prepared, [subset], temperature, samples=2, slice_batch=3)
-            np.testing.assert_allclose(joint.mean, alone.mean, atol=1e-5)
-            np.testing.assert_allclose(joint.std, alone.std, atol=1e-5)
+            # channels-last CPU kernels round differently at other batch sizes; other noise would differ by ~0.1
+            np.testing.assert_allclose(joint.mean, alone.mean, atol=2e-4)
+            np.testing.assert_allclose(joint.std, alone.std, atol=2e-4)
     other_seed = synthesise(loaded.model, prepared, subsets[:1], 0.5, samples=2, generator_seed=1)[0]
     assert np.abs(other_seed.mean - together[0].mean).max() > 1e-3
 

@@ -37,6 +37,7 @@ from mmhvae.config import RunConfig, load_config
 from mmhvae.errors import InputError
 from mmhvae.info import macs_per_slice, parameter_count
 from mmhvae.modalities import ModalitySet, non_empty_subsets
+from mmhvae.model_file import for_inference
 from mmhvae.predict import autocast
 
 # The paper's training set: 70 ReMIND volumes of about 160 slices each (Section 4.1).
@@ -220,7 +221,7 @@ def benchmark(configs: list[str], methods: list[str], repeats: int = 3, device: 
             model, _ = method_network(config, method)
             cfg = model.config
             parameters, macs = parameter_count(model), macs_per_slice(model.eval())  # counted on the eager network
-            model = model.to(torch_device)
+            model = for_inference(model, torch_device)  # as `predict` loads it
             compiled = compile_network and hasattr(model, "compile_blocks")
             if compiled:
                 model.compile_blocks()

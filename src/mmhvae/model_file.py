@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from mmhvae import __version__
 from mmhvae.config import RunConfig, _update
@@ -34,7 +35,8 @@ def weights_checksum(state_dict: dict[str, torch.Tensor]) -> str:
     """SHA-256 over the names, shapes, dtypes and bytes of the weights, in key order."""
     digest = hashlib.sha256()
     for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
+        # clone, not .contiguous(): a channels-last [O, I, 1, 1] weight counts as contiguous yet is strided
+        tensor = state_dict[name].detach().cpu().clone(memory_format=torch.contiguous_format)
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
@@ -125,4 +127,16 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> Loa
     except (ValueError, TypeError, RuntimeError) as exc:
         raise InputError(f"model file does not match its configuration ({str(exc).splitlines()[0]})", path) from None
     preprocess = _update(PreprocessConfig(), payload["preprocess"], "preprocess", str(path))
-    return LoadedModel(model.to(device).eval(), preprocess, payload.get("meta", {}))
+    return LoadedModel(for_inference(model, torch.device(device)), preprocess, payload.get("meta", {}))
+
+
+def for_inference(model: nn.Module, device: torch.device) -> nn.Module:
+    """The network on `device` in eval mode, in channels-last on CPUs where that was measured faster.
+
+    Same outputs up to float rounding (tests); training keeps the default layout, which is faster there
+    at the paper setting (README, Performance).
+    """
+    model = model.to(device).eval()
+    if device.type == "cpu" and getattr(model, "cpu_inference_channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
+    return model

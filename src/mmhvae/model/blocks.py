@@ -20,15 +20,21 @@ NORMS = ("instance", "instance_affine", "group", "none")
 
 
 class InstanceNorm2d(nn.InstanceNorm2d):
-    """nn.InstanceNorm2d (batch statistics only), computed by torch's group-norm kernel.
+    """nn.InstanceNorm2d (batch statistics only), computed by torch's group-norm kernel on CPUs.
 
     Instance norm is group norm with one channel per group. torch computes instance norm by reshaping
-    to [1, B*C, H, W] and calling batch norm, which on CPUs is about 15 % slower end to end for this
-    network (paper setting, 2 cores); same maths, same parameters and state-dict keys.
+    to [1, B*C, H, W] and calling batch norm, which makes this network's forward pass about 14 % slower
+    on CPUs (README, Performance); same maths, same parameters and state-dict keys. Other devices keep
+    torch's kernel until measured there (`benchmarks/bench_kernels.py`): CUDA autocast would also run
+    group norm, unlike batch norm, in float32.
     """
 
+    group_norm_devices: tuple[str, ...] = ("cpu",)
+
     def forward(self, x: Tensor) -> Tensor:
-        return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
+        if x.device.type in self.group_norm_devices:
+            return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
+        return super().forward(x)
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:

@@ -67,6 +67,7 @@ class MMGAN(ZeroImputationGenerator):
     """MM-GAN generator: [B, M, H, W] with zeros for missing modalities -> all M images in [-1, 1]."""
 
     config_class = MMGANConfig
+    cpu_inference_channels_last = False  # no faster on CPUs (README, Performance)
 
     def __init__(self, config: MMGANConfig):
         super().__init__()

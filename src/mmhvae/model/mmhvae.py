@@ -338,6 +338,9 @@ def image_decoder(in_channels: int, width: int, blocks: int, norm: str) -> nn.Se
 class MMHVAE(nn.Module):
     """Multi-modal hierarchical VAE with a hierarchical mixture of products of experts."""
 
+    # Inference on CPUs is faster in channels-last (README, Performance; `benchmarks/bench_kernels.py`).
+    cpu_inference_channels_last = True
+
     def __init__(self, config: MMHVAEConfig):
         super().__init__()
         self.config = config

@@ -199,6 +199,7 @@ class ResViT(ZeroImputationGenerator):
     """ResViT generator: [B, M, H, W] with zeros for missing modalities -> all M images in [-1, 1]."""
 
     config_class = ResViTConfig
+    cpu_inference_channels_last = False  # slower on CPUs (README, Performance)
 
     def __init__(self, config: ResViTConfig):
         super().__init__()

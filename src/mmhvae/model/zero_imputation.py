@@ -47,6 +47,9 @@ class ZeroImputationGenerator(nn.Module):
 
     config: Any
     config_class: type  # the configuration dataclass of the subclass (has `from_dict`)
+    # Inference on CPUs is faster in channels-last for the zero-imputation network, M2DN and MMHVAE, not for
+    # MM-GAN or ResViT, which override it (README, Performance; `benchmarks/bench_kernels.py`).
+    cpu_inference_channels_last = True
 
     def generate(self, inputs: Tensor, subset: Tensor, generator: torch.Generator | RowNoise | None = None
                  ) -> Tensor:
