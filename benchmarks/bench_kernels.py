@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from mmhvae.allocator import keep_freed_memory
-from mmhvae.benchmark import machine_description, method_network
+from mmhvae.benchmark import machine_description, method_network, training_step
 from mmhvae.model.blocks import InstanceNorm2d
 from mmhvae.predict import autocast
 from mmhvae.train import module_for
@@ -51,15 +51,6 @@ def forward_pass(network: torch.nn.Module, images: torch.Tensor, present: torch.
     torch.manual_seed(1)  # the same posterior draws for every variant
     with torch.inference_mode(), autocast(images.device, precision):
         return network(images, present, temperature=0.5).images.float()
-
-
-def training_step(module: Any, optimiser: torch.optim.Optimizer, data: dict[str, torch.Tensor], precision: str
-                  ) -> None:
-    with autocast(data["inputs"].device, precision):
-        losses = module.generator_losses(data, module.draw_subsets(data["present"]))
-    optimiser.zero_grad(set_to_none=True)
-    losses["total"].backward()
-    optimiser.step()
 
 
 def random_batch(cfg: Any, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

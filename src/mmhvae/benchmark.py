@@ -147,6 +147,16 @@ def all_subsets_times(model: torch.nn.Module, depth: int, repeats: int, precisio
     return together, separately
 
 
+def training_step(module: Any, optimiser: torch.optim.Optimizer, data: dict[str, torch.Tensor],
+                  precision: str = "fp32") -> None:
+    """One Algorithm-1 generator step of a training module: T passes, backward, optimiser."""
+    with autocast(data["inputs"].device, precision):
+        losses = module.generator_losses(data, module.draw_subsets(data["present"]))
+    optimiser.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    optimiser.step()
+
+
 def training_step_time(config: str, method: str, batch: int, repeats: int, device: str, precision: str = "fp32",
                        compile_network: bool = False) -> dict[str, float]:
     """One Algorithm-1 step (T passes, backward, optimiser) in this process: median seconds and peak memory."""
@@ -167,15 +177,9 @@ def training_step_time(config: str, method: str, batch: int, repeats: int, devic
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
-    def step() -> None:
-        with autocast(torch.device(device), precision):
-            losses = module.generator_losses(data, module.draw_subsets(data["present"]))
-        optimiser.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        optimiser.step()
-
     # Two warm-up steps: the allocator settles in the first two (page faults), and training runs thousands.
-    seconds = median_time(step, repeats, warmup=2, device=torch.device(device))
+    seconds = median_time(lambda: training_step(module, optimiser, data, precision), repeats, warmup=2,
+                          device=torch.device(device))
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
