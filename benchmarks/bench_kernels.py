@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from mmhvae.allocator import keep_freed_memory
-from mmhvae.benchmark import machine_description, method_network, training_step
+from mmhvae.benchmark import machine_description, method_network, synchronise, training_step
 from mmhvae.model.blocks import InstanceNorm2d
 from mmhvae.predict import autocast
 from mmhvae.train import module_for
@@ -37,12 +37,10 @@ FORMATS = {"contiguous": torch.contiguous_format, "channels-last": torch.channel
 
 def timed(device: torch.device, fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
     """Seconds of fn(*args), GPU work included, and its result."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronise(device)
     start = time.perf_counter()
     result = fn(*args)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronise(device)
     return time.perf_counter() - start, result
 
 

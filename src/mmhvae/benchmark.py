@@ -73,20 +73,22 @@ class Result:
         return math.ceil(REMIND_SLICES / int(batch)) * self.train_step_s[batch] / 60
 
 
+def synchronise(device: torch.device | None) -> None:
+    """Wait for queued GPU work, so that a wall-clock time includes it."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: torch.device | None = None) -> float:
     """Median wall time of `fn` in seconds, after `warmup` untimed calls."""
-    def synchronise() -> None:
-        if device is not None and device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     for _ in range(warmup):
         fn()
-    synchronise()
+    synchronise(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        synchronise()
+        synchronise(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
