@@ -22,14 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from mmhvae.benchmark import machine_description, method_network
-from mmhvae.data.dataset import PreprocessConfig
-from mmhvae.data.phantom import simulate_cohort
-from mmhvae.io import discover_subjects
+from mmhvae.io.layouts import discover_subjects
 from mmhvae.modalities import non_empty_subsets, subset_label
 from mmhvae.model_file import load_model_file, save_model_file
+from mmhvae.performance.benchmark import machine_description
+from mmhvae.performance.cost import method_network
+from mmhvae.phantom.cohort import simulate_cohort
+from mmhvae.preprocessing.prepare import PreprocessConfig
 
-CLI = "import sys; from mmhvae.cli import main; sys.exit(main(sys.argv[1:]))"
+CLI = "import sys; from mmhvae.cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 def run_cli(*args: str) -> float:

@@ -26,10 +26,11 @@ from typing import Any
 import torch
 
 from mmhvae.allocator import keep_freed_memory
-from mmhvae.benchmark import machine_description, method_network, synchronise, training_step
+from mmhvae.inference.device import autocast
 from mmhvae.model.blocks import InstanceNorm2d
-from mmhvae.predict import autocast
-from mmhvae.train import module_for
+from mmhvae.performance.benchmark import machine_description, training_step
+from mmhvae.performance.cost import method_network, synchronise
+from mmhvae.training.trainer import module_for
 
 KERNELS = {"torch": (), "group-norm": ("cpu", "cuda")}
 FORMATS = {"contiguous": torch.contiguous_format, "channels-last": torch.channels_last}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from mmhvae.cli import main
+from mmhvae.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["benchmark", *sys.argv[1:]]))

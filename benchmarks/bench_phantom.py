@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import scipy
 
-from mmhvae.data import anatomy, phantom
+from mmhvae.phantom.cohort import default_slices, simulate_cohort
+from mmhvae.phantom.template import load_template
 
 
 def main() -> None:
@@ -31,11 +32,11 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    anatomy.load_template()
+    load_template()
     template_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as folder:
         begin = time.perf_counter()
-        phantom.simulate_cohort(Path(folder), subjects=args.subjects, size=args.size, slices=args.slices, seed=0)
+        simulate_cohort(Path(folder), subjects=args.subjects, size=args.size, slices=args.slices, seed=0)
         cohort_s = time.perf_counter() - begin
         written_mb = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6
     total_s = template_s + cohort_s
@@ -43,7 +44,7 @@ def main() -> None:
         "benchmark": "phantom cohort",
         "subjects": args.subjects,
         "size": args.size,
-        "slices": args.slices or phantom.default_slices(args.size),
+        "slices": args.slices or default_slices(args.size),
         "template_s": round(template_s, 2),
         "cohort_s": round(cohort_s, 2),
         "total_s": round(total_s, 2),

@@ -21,11 +21,12 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from mmhvae.data.dataset import PreparedSubject, SliceDataset, load_prepared
-from mmhvae.evaluate import score as evaluate_score
-from mmhvae.io import discover_subjects
+from mmhvae.evaluation.scoring import score as evaluate_score
+from mmhvae.io.layouts import discover_subjects
 from mmhvae.model.mmhvae import MMHVAE, image_decoder
 from mmhvae.model_file import load_model_file
+from mmhvae.preprocessing.prepare import PreparedSubject, load_prepared
+from mmhvae.training.data import SliceDataset
 
 
 def scored_slices(prepared: PreparedSubject) -> torch.Tensor:

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from decoder_probe import random_batch, scored_slices, volume_scores
 
-from mmhvae.data.dataset import PreparedSubject, SliceDataset, load_prepared
-from mmhvae.io import discover_subjects
+from mmhvae.io.layouts import discover_subjects
 from mmhvae.model.mmhvae import MMHVAE
 from mmhvae.model_file import load_model_file
+from mmhvae.preprocessing.prepare import PreparedSubject, load_prepared
+from mmhvae.training.data import SliceDataset
 
 
 def trainable_path(model: MMHVAE, j: int, with_decoder: bool) -> list[torch.nn.Parameter]:

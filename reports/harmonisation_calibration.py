@@ -23,11 +23,11 @@ import sys
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from mmhvae import metrics
-from mmhvae.data.dataset import load_prepared
-from mmhvae.io import discover_subjects
+from mmhvae.evaluation.per_slice import volume_metrics
+from mmhvae.inference.synthesis import synthesise
+from mmhvae.io.layouts import discover_subjects
 from mmhvae.model_file import load_model_file
-from mmhvae.predict import synthesise
+from mmhvae.preprocessing.prepare import load_prepared
 
 BLUR_SIGMAS = (0.5, 0.7, 1.0, 1.5)
 SMOOTH_SIGMA = 4.0
@@ -35,7 +35,7 @@ SMOOTH_SIGMA = 4.0
 
 def mean_ssim(prediction: np.ndarray, target: np.ndarray, fov: np.ndarray) -> float:
     """SSIM inside the FOV, averaged over slices, as `mmhvae evaluate` computes it."""
-    rows = metrics.volume_metrics(prediction, target, fov, axis=2, data_range=2.0, with_lpips=False)
+    rows = volume_metrics(prediction, target, fov, axis=2, data_range=2.0, with_lpips=False)
     return float(np.mean([r["ssim"] for r in rows]))
 
 

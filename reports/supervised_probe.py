@@ -19,8 +19,9 @@ import torch
 from decoder_probe import random_batch, scored_slices, volume_scores
 from monai.networks.nets import UNet
 
-from mmhvae.data.dataset import PreparedSubject, PreprocessConfig, SliceDataset, load_prepared
-from mmhvae.io import discover_subjects
+from mmhvae.io.layouts import discover_subjects
+from mmhvae.preprocessing.prepare import PreparedSubject, PreprocessConfig, load_prepared
+from mmhvae.training.data import SliceDataset
 
 
 @torch.no_grad()

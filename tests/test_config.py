@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mmhvae.cli import main
+from mmhvae.cli.main import main
 from mmhvae.config import load_config, save_config
 from mmhvae.errors import InputError
 

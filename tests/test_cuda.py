@@ -7,12 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from mmhvae.data.dataset import PreprocessConfig
-from mmhvae.io import discover_subjects, load_subject
-from mmhvae.model.mmhvae import MMHVAEConfig
-from mmhvae.model.registry import METHODS, build_network, network_config_for_method
+from mmhvae.inference.predict import predict, prepare_for_model
+from mmhvae.inference.synthesis import synthesise
+from mmhvae.io.layouts import discover_subjects
+from mmhvae.io.subjects import load_subject
+from mmhvae.methods import METHODS
+from mmhvae.model.mmhvae_config import MMHVAEConfig
+from mmhvae.model.registry import build_network, network_config_for_method
 from mmhvae.model_file import load_model_file, save_model_file
-from mmhvae.predict import predict, prepare_for_model, synthesise
+from mmhvae.preprocessing.prepare import PreprocessConfig
 
 from conftest import SMALL_CONFIG, phantom_subject, small_cohort
 
@@ -73,7 +76,7 @@ def test_compiled_prediction_equals_the_eager_one(tmp_path):
 
 @pytest.mark.parametrize("method", ["mmhvae", "resvit", "m2dn"])
 def test_training_on_the_gpu_in_bf16_mixed_precision(method, tmp_path):
-    from mmhvae.train import train
+    from mmhvae.training.trainer import train
 
     config = tmp_path / "bf16.yaml"
     config.write_text(SMALL_CONFIG + "  precision: bf16-mixed\n")

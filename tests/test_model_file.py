@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from mmhvae.data.dataset import PreprocessConfig
-from mmhvae.io import discover_subjects, load_subject
-from mmhvae.model.mmhvae import MMHVAEConfig
-from mmhvae.model.registry import METHODS, build_network, network_config_for_method
+from mmhvae.inference.predict import prepare_for_model
+from mmhvae.inference.synthesis import synthesise
+from mmhvae.io.layouts import discover_subjects
+from mmhvae.io.subjects import load_subject
+from mmhvae.methods import METHODS
+from mmhvae.model.mmhvae_config import MMHVAEConfig
+from mmhvae.model.registry import build_network, network_config_for_method
 from mmhvae.model_file import load_model_file, save_model_file, weights_checksum
-from mmhvae.predict import prepare_for_model, synthesise
+from mmhvae.preprocessing.prepare import PreprocessConfig
 
 from conftest import phantom_subject
 

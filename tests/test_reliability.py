@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from mmhvae.config import load_config
 from mmhvae.errors import InputError
-from mmhvae.io import read_volume
+from mmhvae.io.volumes import read_volume
 
 from conftest import brain_like, oblique_affine
 
@@ -123,11 +123,11 @@ def test_a_writer_killed_at_random_moments_never_leaves_a_partial_file(tmp_path)
             assert array.shape == (40, 40, 20) and len(np.unique(array)) == 1
     assert seen >= 6, "the writer was killed before writing anything too often to test anything"
     # The next write removes the hidden temporaries the killed writers left (and only those).
-    from mmhvae.files import write_text_atomic
+    from mmhvae.io.files import write_text_atomic
 
     # A writer killed inside its write, for certain (the random kills above may all land between writes, and
     # each new writer already cleans its predecessors' leftovers).
-    killed_mid_write = ("import os, signal, sys\nfrom mmhvae.files import atomic_path\n"
+    killed_mid_write = ("import os, signal, sys\nfrom mmhvae.io.files import atomic_path\n"
                         "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_text('half')\n"
                         "    os.kill(os.getpid(), signal.SIGKILL)\n")
     subprocess.run([sys.executable, "-c", killed_mid_write, str(tmp_path / "out.txt")])

@@ -10,25 +10,25 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mmhvae.data.dataset import PreprocessConfig
 from mmhvae.errors import InputError
-from mmhvae.files import write_text_atomic
+from mmhvae.io.files import write_text_atomic
+from mmhvae.methods import METHODS, recipe_on_switch
 from mmhvae.modalities import ModalitySet
-from mmhvae.model.mmhvae import MMHVAEConfig
+from mmhvae.model.mmhvae_config import MMHVAEConfig
 from mmhvae.model.registry import (
-    METHODS,
     ZERO_IMPUTATION_NETWORKS,
     NetworkConfig,
-    recipe_on_switch,
+    network_config_for_method,
     zero_imputation_config,
 )
+from mmhvae.preprocessing.prepare import PreprocessConfig
 
 PRESETS = ("tiny", "paper")
 
@@ -215,3 +215,17 @@ def load_config(name_or_path: str | Path) -> RunConfig:
 
 def save_config(config: RunConfig, path: str | Path) -> None:
     write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def with_method(run: RunConfig, method: str) -> RunConfig:
+    """The run configuration of `method` (model/registry.py): its network and its training recipe.
+
+    The recipe (registry.METHOD_TRAIN_RECIPES) is applied only when `run` is switched to another method (as
+    `--method` does). A config that already names `method` is taken as written (config.from_mapping gave it
+    the recipe under its own values), so a saved run's or a study variant's settings are never overwritten."""
+    try:
+        model = network_config_for_method(method, run.model)
+    except ValueError as exc:
+        raise InputError(f"--method {method}: {exc}") from None
+    train = replace(run.train, method=method, **recipe_on_switch(run.train.method, method))
+    return RunConfig(model, run.data, train)

@@ -17,14 +17,14 @@ from torch import nn
 
 from mmhvae import __version__
 from mmhvae.config import RunConfig, _update
-from mmhvae.data.dataset import PreprocessConfig
 from mmhvae.errors import InputError
-from mmhvae.files import atomic_path
+from mmhvae.io.files import atomic_path
 from mmhvae.model.authors import VARIANT as AUTHORS_VARIANT
 from mmhvae.model.authors import AuthorsMMHVAE
+from mmhvae.model.baselines.zero_imputation import ZeroImputationGenerator
 from mmhvae.model.mmhvae import MMHVAE
 from mmhvae.model.registry import MMHVAE_VARIANT, build_network
-from mmhvae.model.zero_imputation import ZeroImputationGenerator
+from mmhvae.preprocessing.prepare import PreprocessConfig
 
 FORMAT = "mmhvae-model"
 FORMAT_VERSION = 1

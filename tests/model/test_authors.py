@@ -11,7 +11,7 @@ import torch
 
 from mmhvae.model.authors import AuthorsConfig, AuthorsMMHVAE, gaussian_from_log_scale
 
-FIXTURE = Path(__file__).resolve().parents[1] / "data" / "authors-parity"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "authors-parity"
 TOLERANCE = 1e-4
 
 

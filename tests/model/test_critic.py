@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmhvae.model.critic import ModalityCritics, RealImageMemory, critic_loss, generator_loss
+from mmhvae.model.critic import ModalityCritics, critic_loss, generator_loss
+from mmhvae.training.memory import RealImageMemory
 
 MODALITIES = ("us", "t2", "t1c", "flair")
 

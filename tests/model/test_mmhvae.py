@@ -7,10 +7,12 @@ import shutil
 
 import pytest
 import torch
-from network_inputs import SIZE, B, M, all_present, count_parameters, mask, random_images
 
 from mmhvae.errors import InputError
-from mmhvae.model.mmhvae import MMHVAE, EncodedImages, EncodedModalities, MMHVAEConfig
+from mmhvae.model.interface import EncodedImages, EncodedModalities
+from mmhvae.model.mmhvae import MMHVAE
+from mmhvae.model.mmhvae_config import MMHVAEConfig
+from network_inputs import SIZE, B, M, all_present, count_parameters, mask, random_images
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,4 @@
+from mmhvae.cli.main import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,135 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mmhvae.errors import InputError
+from mmhvae.evaluation.per_slice import volume_metrics
+from mmhvae.inference.synthesis import DEFAULT_TEMPERATURE, synthesise
+from mmhvae.io.layouts import SubjectFiles
+from mmhvae.io.subjects import load_subject
+from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, subset_label
+from mmhvae.model_file import LoadedModel, load_model_file
+from mmhvae.preprocessing.prepare import PreparedSubject, load_prepared
+
+CSV_FIELDS = ("subject", "slice", "method", "inputs", "target", "task", "psnr", "ssim", "lpips")
+
+
+def score(prediction: np.ndarray, target: np.ndarray, fov: np.ndarray, with_lpips: bool) -> list[dict]:
+    """Per-slice metrics of one predicted volume [H, W, S] against its target, inside the FOV."""
+    return volume_metrics(prediction, target, fov, axis=2, data_range=2.0, with_lpips=with_lpips)
+
+
+def evaluate_subject(loaded: LoadedModel, prepared: PreparedSubject, method: str = "mmhvae",
+                     subsets: Sequence[Subset] | None = None, temperature: float = DEFAULT_TEMPERATURE,
+                     with_lpips: bool = False, samples: int = 1) -> tuple[list[dict], dict[Subset, np.ndarray]]:
+    """Rows of the long table for one subject, and the predictions [M, H, W, S] of each subset.
+
+    With `samples` > 1 each prediction is the mean of that many samples, as `mmhvae predict --samples` writes.
+    """
+    modalities = ModalitySet(loaded.modalities)
+    present = modalities.from_indicator(prepared.present.astype(int))
+    subsets = list(subsets or non_empty_subsets(present))
+    results = synthesise(loaded.model, prepared, subsets, temperature, samples)
+    rows = []
+    for result in results:
+        for key in present:
+            j = modalities.index(key)
+            task = "harmonisation" if key in result.subset else "synthesis"
+            for r in score(result.mean[j], prepared.targets[j], prepared.fov, with_lpips):
+                rows.append({"subject": prepared.name, "slice": r["slice"], "method": method,
+                             "inputs": subset_label(result.subset), "target": key, "task": task,
+                             "psnr": r["psnr"], "ssim": r["ssim"], "lpips": r.get("lpips", float("nan"))})
+    return rows, {r.subset: r.mean for r in results}
+
+
+def mean_images(subjects: Iterable[PreparedSubject], modalities: Sequence[str]) -> np.ndarray:
+    """The training set's mean image of each modality [M, H, W] (network scale), over the foreground slices
+    of the subjects where that modality was observed: the floor every synthesis method must beat."""
+    sums, counts = None, np.zeros(len(modalities))
+    for subject in subjects:
+        if sums is None:
+            sums = np.zeros(subject.targets.shape[:3])
+        for j in np.flatnonzero(subject.present):
+            sums[j] += subject.targets[j][..., subject.slices].sum(axis=-1)
+            counts[j] += len(subject.slices)
+    if sums is None:
+        raise InputError("the mean-image baseline needs training subjects; there are none")
+    missing = [m for m, c in zip(modalities, counts) if not c]
+    if missing:
+        warnings.warn(f"no training images of {missing}: the mean-image baseline skips these targets", stacklevel=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sums / counts[:, None, None]).astype(np.float32)  # NaN for a modality never observed
+
+
+def evaluate_mean_image(mean: np.ndarray, prepared: PreparedSubject, modalities: Sequence[str]) -> list[dict]:
+    """Rows for the mean-image baseline: the same prediction whatever the inputs (so one row set per target)."""
+    rows = []
+    present = [m for m, p in zip(modalities, prepared.present) if p]
+    prediction = np.repeat(mean[..., None], prepared.inputs.shape[-1], axis=-1)
+    for key in present:
+        j = list(modalities).index(key)
+        if np.isnan(mean[j]).all():  # never observed in training: no floor for this target
+            continue
+        for subset in non_empty_subsets(present):
+            task = "harmonisation" if key in subset else "synthesis"
+            for r in score(prediction[j], prepared.targets[j], prepared.fov, False):
+                rows.append({"subject": prepared.name, "slice": r["slice"], "method": "mean-image",
+                             "inputs": subset_label(subset), "target": key, "task": task,
+                             "psnr": r["psnr"], "ssim": r["ssim"], "lpips": float("nan")})
+    return rows
+
+
+def prepared_for_evaluation(files: SubjectFiles, loaded: LoadedModel) -> PreparedSubject:
+    """Inputs, harmonised targets and FOV on the model grid; an authors' model gets its own input normalisation."""
+    prepared = load_prepared(files, loaded.preprocess)
+    if loaded.variant == "authors":
+        from mmhvae.preprocessing.authors import prepare_subject_authors
+
+        subject = load_subject(files, loaded.preprocess.modality_set, loaded.preprocess.resample_to,
+                               loaded.preprocess.nan_to_num)
+        prepared.inputs = prepare_subject_authors(subject, loaded.preprocess).inputs
+    return prepared
+
+
+def method_names(paths: Sequence[Path], loaded: Sequence[LoadedModel]) -> list[str]:
+    """Table names of the models: the method recorded at training (`train --method`), made unique by file name."""
+    names = [m.meta.get("method") or m.variant for m in loaded]
+    return [f"{name} ({Path(path).stem})" if names.count(name) > 1 else name for name, path in zip(names, paths)]
+
+
+def load_models(paths: Sequence[str | Path]) -> list[LoadedModel]:
+    """Model files to compare in one table: the same modalities and preprocessing, or an input error."""
+    models = [load_model_file(p) for p in paths]
+    for path, other in zip(paths[1:], models[1:]):
+        if other.preprocess != models[0].preprocess or other.modalities != models[0].modalities:
+            raise InputError("models compared in one table need the same modalities and preprocessing as "
+                             f"{paths[0]}", path)
+    return models
+
+
+def evaluation_rows(models: Sequence[LoadedModel], names: Sequence[str], subjects: Sequence[SubjectFiles],
+                    temperature: float = DEFAULT_TEMPERATURE, with_lpips: bool = True,
+                    mean: np.ndarray | None = None, samples: int = 1) -> list[dict]:
+    """Long-table rows of every model (named `names`) on every test subject; `mean` adds the mean-image floor."""
+    rows = []
+    for files in subjects:
+        for name, each in zip(names, models):
+            prepared = prepared_for_evaluation(files, each)
+            subject_rows, _ = evaluate_subject(each, prepared, name, temperature=temperature,
+                                              with_lpips=with_lpips, samples=samples)
+            rows += subject_rows
+        if mean is not None:
+            rows += evaluate_mean_image(mean, prepared, models[0].modalities)
+        print(f"{files.name}: {len(subject_rows)} slice scores per model")
+    return rows
+
+
+def training_mean_images(subjects: Iterable[SubjectFiles], loaded: LoadedModel) -> np.ndarray:
+    """The mean-image baseline of a training set, on the model's grid and scale."""
+    return mean_images((load_prepared(f, loaded.preprocess) for f in subjects), loaded.modalities)

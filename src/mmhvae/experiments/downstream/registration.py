@@ -1,0 +1,328 @@
+"""MR-ultrasound rigid registration, the downstream task of Sections 4.4.4 and 5.4 (Table III).
+
+A pre-operative MR volume (moving) is registered rigidly (6 degrees of freedom) to a fixed volume in the
+ultrasound field of view: either the acquired ultrasound itself ("direct") or an MR sequence synthesised
+from that ultrasound by a cross-modal model. On paired data (MR already aligned with the ultrasound) a
+known rigid displacement is applied to the MR (as the registration's starting transform, so the MR is never
+resampled), the registration tries to undo it, and the Target Registration Error (TRE) between the true and
+the estimated transforms is measured at every voxel of the field of view.
+
+Conventions: transforms are SimpleITK transforms from fixed physical points to moving physical points
+(LPS, mm), as SimpleITK registration estimates them; points are LPS coordinates in mm.
+
+Difference from the paper: the paper optimises a multi-scale local normalised cross-correlation [53] by
+gradient descent; this module uses SimpleITK's multi-resolution registration with Mattes mutual
+information (MR vs ultrasound) or global correlation (MR vs synthetic MR of the same sequence).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+import zlib
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import wilcoxon
+
+from mmhvae.errors import InputError
+from mmhvae.evaluation.scoring import method_names
+from mmhvae.experiments.downstream.rigid import (
+    METRICS,
+    RegistrationSettings,
+    centred_rigid_transform,
+    image_from_array,
+    mask_from_array,
+    random_rigid_displacement,
+    register_rigid,
+    target_registration_error,
+    voxel_points_mm,
+)
+from mmhvae.inference.device import resolve_device
+from mmhvae.inference.predict import back_to_grid, prepare_for_model, to_intensities
+from mmhvae.inference.synthesis import DEFAULT_TEMPERATURE, synthesise
+from mmhvae.io.files import write_csv_atomic, write_text_atomic
+from mmhvae.io.layouts import discover_subjects
+from mmhvae.io.subjects import Subject, load_subject
+from mmhvae.modalities import ULTRASOUND, ModalitySet, parse_modality_list
+from mmhvae.model_file import LoadedModel, load_model_file
+from mmhvae.preprocessing.masks import field_of_view, ultrasound_fov_mask
+
+DEFAULT_RANGES_MM: tuple[tuple[float, float], ...] = ((0, 4), (4, 8), (8, 12), (12, 16))  # Table III columns
+DEFAULT_SEQUENCES: tuple[str, ...] = ("t2", "t1c", "flair")  # Table III (a), (b), (c)
+DEFAULT_DISPLACEMENTS_PER_RANGE = 10
+DIRECT_METHOD = "acquired US"  # Table III's first row: the MR registered to the ultrasound itself
+INITIAL_METHOD = "initial"  # the displacement before registration
+SIGNIFICANCE_LEVEL = 0.05  # Table III: paired Wilcoxon signed-rank test, p < 0.05
+CSV_FIELDS = ("subject", "sequence", "range_mm", "displacement", "method", "metric", "initial_median_mm",
+              "tre_mean_mm", "tre_median_mm", "tre_max_mm", "failed", "seconds")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Table III experiment
+# ----------------------------------------------------------------------------------------------------
+
+
+def parse_ranges(text: str) -> tuple[tuple[float, float], ...]:
+    """'0-4,4-8' -> ((0.0, 4.0), (4.0, 8.0)); an InputError for anything else."""
+    ranges = []
+    for item in text.split(","):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*-\s*(\d+(?:\.\d*)?)\s*", item)
+        if not match or float(match.group(1)) >= float(match.group(2)):
+            raise InputError(f"--ranges: '{item.strip()}' is not a range LOW-HIGH in mm with LOW < HIGH "
+                             "(e.g. 0-4,4-8,8-12,12-16)")
+        ranges.append((float(match.group(1)), float(match.group(2))))
+    return tuple(ranges)
+
+
+def range_label(low: float, high: float) -> str:
+    return f"{low:g}-{high:g} mm"
+
+
+def synthesise_from_ultrasound(loaded: LoadedModel, subject: Subject, sequences: Sequence[str],
+                               temperature: float = DEFAULT_TEMPERATURE) -> dict[str, np.ndarray]:
+    """Each MR sequence synthesised from the subject's ultrasound alone, on the subject's grid (harmonised
+    intensities, 0 outside the field of view)."""
+    modalities = ModalitySet(loaded.modalities)
+    prepared = prepare_for_model(subject, loaded, inputs=(ULTRASOUND,))
+    (result,) = synthesise(loaded.model, prepared, [(ULTRASOUND,)], temperature=temperature)
+    grid_shape = subject.reference.shape
+    fov = back_to_grid(prepared.fov, grid_shape, fill=False)
+    images = {}
+    for key in sequences:
+        image = to_intensities(result.mean[modalities.index(key)], prepared.fov)
+        images[key] = np.where(fov, back_to_grid(image, grid_shape, fill=0.0), 0.0).astype(np.float32)
+    return images
+
+
+def _trial_rng(seed: int, subject: str, sequence: str, range_index: int) -> np.random.Generator:
+    """The displacements of one (subject, sequence, range): the same whatever the cohort or the models."""
+    return np.random.default_rng(np.random.SeedSequence(
+        [int(seed), zlib.crc32(subject.encode()), zlib.crc32(sequence.encode()), int(range_index)]))
+
+
+def _check_models(paths: Sequence[Path], models: Sequence[LoadedModel], sequences: Sequence[str]) -> None:
+    for path, loaded in zip(paths, models):
+        lacking = [k for k in (ULTRASOUND, *sequences) if k not in loaded.modalities]
+        if lacking:
+            raise InputError(f"the model does not handle {lacking} (it has {','.join(loaded.modalities)})", path)
+
+
+def _trial_row(subject: str, sequence: str, low: float, high: float, index: int, method: str, metric: str,
+               initial_median: float, errors: np.ndarray, failed: bool, seconds: float) -> dict:
+    return {"subject": subject, "sequence": sequence, "range_mm": range_label(low, high), "displacement": index,
+            "method": method, "metric": metric, "initial_median_mm": round(initial_median, 4),
+            "tre_mean_mm": float(errors.mean()), "tre_median_mm": float(np.median(errors)),
+            "tre_max_mm": float(errors.max()), "failed": int(failed), "seconds": round(seconds, 3)}
+
+
+def register_subject(subject: Subject, synthetic: dict[str, dict[str, np.ndarray]], sequences: Sequence[str],
+                     ranges: Sequence[tuple[float, float]], displacements_per_range: int, seed: int,
+                     synthetic_metric: str = "correlation",
+                     settings: RegistrationSettings = RegistrationSettings()) -> list[dict]:
+    """Rows for one subject: every sequence x range x displacement, initial + direct + each synthesis method.
+
+    The MR is aligned with the ultrasound (paired data), so the true transform is the identity; displacing
+    the MR by D^-1 is the same as starting the registration at D, which avoids resampling the MR (and losing
+    what would move out of its grid). `synthetic` maps method name -> sequence -> synthetic image.
+    """
+    grid = subject.reference
+    fov = field_of_view(subject)
+    points = voxel_points_mm(fov, grid.affine)
+    centre = points.mean(axis=0)
+    fixed_mask = mask_from_array(fov, grid.affine)
+    ultrasound = image_from_array(subject.volumes[ULTRASOUND].array, grid.affine)
+    truth = centred_rigid_transform(centre)
+    rows = []
+    for sequence in sequences:
+        if sequence not in subject.volumes:
+            continue
+        mr = subject.volumes[sequence].array
+        moving = image_from_array(mr, grid.affine)
+        moving_mask = mask_from_array(ultrasound_fov_mask(mr), grid.affine)  # where the (cropped) MR is defined
+        fixed_images = [(DIRECT_METHOD, ultrasound, "mattes")]
+        fixed_images += [(name, image_from_array(images[sequence], grid.affine), synthetic_metric)
+                         for name, images in synthetic.items()]
+        for r, (low, high) in enumerate(ranges):
+            rng = _trial_rng(seed, subject.name, sequence, r)
+            for index in range(displacements_per_range):
+                start = random_rigid_displacement(points, centre, low, high, rng)
+                initial_errors = target_registration_error(truth, start, points)
+                initial_median = float(np.median(initial_errors))
+                rows.append(_trial_row(subject.name, sequence, low, high, index, INITIAL_METHOD, "", initial_median,
+                                       initial_errors, False, 0.0))
+                for method, fixed, metric in fixed_images:
+                    tic = time.perf_counter()
+                    result = register_rigid(fixed, moving, fixed_mask, moving_mask, metric, start, settings)
+                    errors = target_registration_error(truth, result.transform, points)
+                    rows.append(_trial_row(subject.name, sequence, low, high, index, method, metric, initial_median,
+                                           errors, result.failed, time.perf_counter() - tic))
+    return rows
+
+
+def paired_p_value(first: Sequence[float], second: Sequence[float]) -> float:
+    """Two-sided paired Wilcoxon signed-rank p-value; 1 when the pairs do not differ at all."""
+    differences = np.asarray(first, float) - np.asarray(second, float)
+    if len(differences) == 0 or np.all(differences == 0):
+        return 1.0
+    return float(wilcoxon(first, second, zero_method="wilcox").pvalue)
+
+
+def summarise(rows: Sequence[dict]) -> list[dict]:
+    """Per (sequence, range, method): mean and sd over trials of the per-trial mean TRE, failures, and the paired
+    Wilcoxon p-value against direct registration to the acquired ultrasound (same trials)."""
+    trials: dict[tuple, dict[tuple, float]] = defaultdict(dict)
+    failures: dict[tuple, int] = defaultdict(int)
+    for row in rows:
+        key = (row["sequence"], row["range_mm"], row["method"])
+        trials[key][(row["subject"], row["displacement"])] = float(row["tre_mean_mm"])
+        failures[key] += int(row["failed"])
+    summary = []
+    for (sequence, range_mm, method), values in trials.items():
+        direct = trials.get((sequence, range_mm, DIRECT_METHOD), {})
+        units = sorted(values)
+        p_value = float("nan")
+        if method not in (DIRECT_METHOD, INITIAL_METHOD) and direct:
+            p_value = paired_p_value([values[u] for u in units], [direct[u] for u in units])
+        tre = np.array([values[u] for u in units])
+        summary.append({"sequence": sequence, "range_mm": range_mm, "method": method, "trials": len(units),
+                        "tre_mean_mm": float(tre.mean()), "tre_sd_mm": float(tre.std()),
+                        "failed": failures[(sequence, range_mm, method)], "p_vs_direct": p_value})
+    return summary
+
+
+def significantly_best(rows: Sequence[dict], sequence: str, range_mm: str, methods: Sequence[str],
+                       alpha: float = SIGNIFICANCE_LEVEL) -> str | None:
+    """The registration method with the lowest mean TRE if a paired Wilcoxon test puts it below every other
+    method at p < alpha (Table III's bold), else None."""
+    trials: dict[str, dict[tuple, float]] = defaultdict(dict)
+    for row in rows:
+        if row["sequence"] == sequence and row["range_mm"] == range_mm and row["method"] in methods:
+            trials[row["method"]][(row["subject"], row["displacement"])] = float(row["tre_mean_mm"])
+    if len(trials) < 2:
+        return None
+    best = min(trials, key=lambda m: np.mean(list(trials[m].values())))
+    units = sorted(trials[best])
+    for other in trials:
+        if other == best:
+            continue
+        p_value = paired_p_value([trials[best][u] for u in units], [trials[other][u] for u in units])
+        if p_value >= alpha:
+            return None
+    return best
+
+
+def markdown_table(rows: Sequence[dict], methods: Sequence[str], sequences: Sequence[str],
+                   ranges: Sequence[tuple[float, float]], how: str = "") -> str:
+    """Table III: per MR sequence, mean (sd) TRE in mm per displacement range; bold = significantly best;
+    then the Wilcoxon p-value of each synthesis method against the acquired ultrasound."""
+    summary = {(s["sequence"], s["range_mm"], s["method"]): s for s in summarise(rows)}
+    labels = [range_label(low, high) for low, high in ranges]
+    subjects = len({r["subject"] for r in rows})
+    lines = ["# MR-ultrasound rigid registration (Table III)", "",
+             f"Target registration error (mm) over the ultrasound field-of-view voxels: mean (sd) over {subjects} "
+             "subject(s) x displacements of each trial's mean TRE; columns are ranges of the median initial "
+             f"displacement. Bold: lower than every other method, paired Wilcoxon signed-rank p < "
+             f"{SIGNIFICANCE_LEVEL:g}. `{INITIAL_METHOD}`: before registration; `{DIRECT_METHOD}`: the MR registered "
+             "to the acquired ultrasound; other rows: to the sequence synthesised from the ultrasound by that model.",
+             ""] + ([how, ""] if how else [])
+    registration_methods = [DIRECT_METHOD, *methods]
+    for sequence in sequences:
+        if not any((sequence, label, INITIAL_METHOD) in summary for label in labels):
+            continue
+        best = {label: significantly_best(rows, sequence, label, registration_methods) for label in labels}
+        lines += [f"## {sequence}", "", "| method | " + " | ".join(labels) + " |",
+                  "|---|" + "---|" * len(labels)]
+        for method in [INITIAL_METHOD, *registration_methods]:
+            cells = []
+            for label in labels:
+                entry = summary.get((sequence, label, method))
+                text = "-" if entry is None else f"{entry['tre_mean_mm']:.1f} ({entry['tre_sd_mm']:.1f})"
+                if entry is not None and entry["failed"]:
+                    text += f" [{entry['failed']} failed]"
+                cells.append(f"**{text}**" if best[label] == method else text)
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        if methods:
+            lines += ["", f"Wilcoxon p vs {DIRECT_METHOD} ({sequence}):", "",
+                      "| method | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+            for method in methods:
+                cells = [f"{summary[(sequence, label, method)]['p_vs_direct']:.2g}"
+                         if (sequence, label, method) in summary else "-" for label in labels]
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+
+
+def registration_experiment(models: Sequence[str | Path], data: str | Path, out: str | Path,
+                            ranges: Sequence[tuple[float, float]] = DEFAULT_RANGES_MM,
+                            displacements_per_range: int = DEFAULT_DISPLACEMENTS_PER_RANGE,
+                            sequences: Sequence[str] = DEFAULT_SEQUENCES, seed: int = 0,
+                            temperature: float = DEFAULT_TEMPERATURE,
+                            synthetic_metric: str = "correlation", overwrite: bool = False, device: str = "cpu",
+                            settings: RegistrationSettings = RegistrationSettings()) -> list[dict]:
+    """Table III (Sections 4.4.4 and 5.4): registration of displaced MR to the acquired ultrasound vs to MR
+    synthesised from it by each model; writes OUT/registration.csv (one row per trial and method),
+    OUT/registration-summary.csv and OUT/registration.md. Returns the trial rows.
+
+    Every test subject with an ultrasound and a sequence of `sequences` contributes `displacements_per_range`
+    random rigid displacements per range of median displacement (seeded by `seed`, subject, sequence and
+    range, so every method sees the same displacements: paired tests).
+    """
+    out = Path(out)
+    if (out / "registration.csv").exists() and not overwrite:
+        raise InputError("the output folder already has results (use --overwrite)", out)
+    if displacements_per_range < 1:
+        raise InputError(f"--displacements must be at least 1, got {displacements_per_range}")
+    if synthetic_metric not in METRICS:
+        raise InputError(f"unknown registration metric '{synthetic_metric}' (choose {' or '.join(METRICS)})")
+    ranges = tuple((float(low), float(high)) for low, high in ranges)
+    for low, high in ranges:
+        if not 0 <= low < high:
+            raise InputError(f"a displacement range needs 0 <= low < high (got {low:g}-{high:g} mm)")
+    sequences = parse_modality_list(sequences)
+    if ULTRASOUND in sequences:
+        raise InputError("--sequences lists the MR sequences to register; the ultrasound is the fixed image")
+    paths = [Path(m) for m in models]
+    loaded = [load_model_file(p, resolve_device(device)) for p in paths]
+    _check_models(paths, loaded, sequences)
+    names = method_names(paths, loaded) if loaded else []
+    if DIRECT_METHOD in names or INITIAL_METHOD in names:
+        raise InputError(f"a model's method name clashes with the row '{DIRECT_METHOD}' or '{INITIAL_METHOD}'")
+    rows = []
+    for files in discover_subjects(data):
+        wanted = [k for k in (ULTRASOUND, *sequences) if k in files.modalities]
+        if ULTRASOUND not in wanted or len(wanted) < 2:
+            print(f"{files.name}: skipped (needs an ultrasound and one of {','.join(sequences)})")
+            continue
+        tic = time.perf_counter()
+        with warnings.catch_warnings():  # leaving out the subject's other modalities is intended here
+            warnings.filterwarnings("ignore", message=".*ignoring modalities")
+            subject = load_subject(files, wanted)
+        present = [k for k in sequences if k in subject.volumes]
+        synthetic = {name: synthesise_from_ultrasound(each, subject, present, temperature)
+                     for name, each in zip(names, loaded)}
+        subject_rows = register_subject(subject, synthetic, present, ranges, displacements_per_range, seed,
+                                        synthetic_metric, settings)
+        rows += subject_rows
+        registrations = sum(row["method"] != INITIAL_METHOD for row in subject_rows)
+        print(f"{files.name}: {registrations} registrations of {','.join(present)} in "
+              f"{time.perf_counter() - tic:.1f} s")
+    if not rows:
+        raise InputError(f"no subject has both an ultrasound and one of {','.join(sequences)}", data)
+    write_csv_atomic(out / "registration.csv", rows, CSV_FIELDS)
+    write_csv_atomic(out / "registration-summary.csv", summarise(rows),
+                   ("sequence", "range_mm", "method", "trials", "tre_mean_mm", "tre_sd_mm", "failed", "p_vs_direct"))
+    how = (f"Settings: SimpleITK rigid Euler3D about the field-of-view centre; Mattes mutual information "
+           f"({settings.histogram_bins} bins) to the ultrasound, {synthetic_metric} to synthetic MR; shrink factors "
+           f"{','.join(map(str, settings.shrink_factors))}, smoothing sigmas "
+           f"{','.join(f'{v:g}' for v in settings.smoothing_sigmas)} voxels; regular-step gradient descent, "
+           f"{settings.iterations} iterations per level; {settings.sampling_percentage:.0%} of the voxels sampled "
+           f"(seed {settings.seed}); {displacements_per_range} displacements per range (seed {seed}); synthesis at "
+           f"temperature {temperature:g} from the ultrasound alone.")
+    write_text_atomic(out / "registration.md", markdown_table(rows, names, sequences, ranges, how))
+    return rows

@@ -1,0 +1,154 @@
+"""Inference: any subset of a subject's modalities in, every modality out, on the input grid.
+
+Each present modality is encoded once per slice batch and its features are reused for every requested
+subset and sample (the subsets and samples are batched into one decoding pass). At temperature T the
+posterior standard deviations are scaled by T (0.5 by default, Section 4.2); `samples` > 1 returns the
+mean of the samples and a per-voxel standard deviation map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mmhvae.errors import InputError
+from mmhvae.inference.device import resolve_device, resolve_precision
+from mmhvae.inference.synthesis import DEFAULT_TEMPERATURE, check_sampling, synthesise
+from mmhvae.io.layouts import discover_subjects
+from mmhvae.io.subjects import Subject, load_subject, read_every_subject_first
+from mmhvae.io.volumes import Volume, write_volume
+from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, parse_modality_list, subset_label
+from mmhvae.model_file import LoadedModel, load_model_file
+from mmhvae.preprocessing.authors import prepare_subject_authors
+from mmhvae.preprocessing.grid import centre_pad_crop
+from mmhvae.preprocessing.intensity import network_to_target
+from mmhvae.preprocessing.prepare import PreparedSubject, prepare_subject
+
+
+def to_intensities(image: np.ndarray, fov: np.ndarray) -> np.ndarray:
+    """Network scale (2t - 1) back to harmonised intensities t, 0 outside the field of view."""
+    out = network_to_target(image)
+    out[~fov] = 0.0
+    return out
+
+
+def back_to_grid(array: np.ndarray, grid_shape: tuple[int, ...], fill: float) -> np.ndarray:
+    """Undo the centre pad/crop onto the model grid: [H', W', S] -> the subject's [H, W, S]."""
+    return centre_pad_crop(array, tuple(grid_shape[:2]), fill=fill, axes=(0, 1))
+
+
+def prepare_for_model(subject: Subject, loaded: LoadedModel, inputs: Subset | None = None) -> PreparedSubject:
+    """Inputs of a subject on the model's grid, restricted to `inputs` (if given) among present modalities."""
+    if inputs is not None:
+        unknown = [k for k in inputs if k not in subject.volumes]
+        if unknown:
+            raise InputError(f"--inputs {','.join(inputs)}: subject '{subject.name}' has no {unknown}",
+                             subject.reference.path.parent if subject.reference.path else None)
+        subject = Subject(subject.name, {k: v for k, v in subject.volumes.items() if k in inputs}, subject.files,
+                          subject.seg, subject.tissue, subject.targets)
+    if loaded.variant == "authors":  # their network was trained on their own input normalisation
+        return prepare_subject_authors(subject, loaded.preprocess)
+    return prepare_subject(subject, loaded.preprocess, with_targets=False)
+
+
+def predict_subject(loaded: LoadedModel, subject: Subject, out_dir: Path, inputs: Subset | None = None,
+                    temperature: float = DEFAULT_TEMPERATURE, samples: int = 1, slice_batch: int = 8,
+                    precision: str = "fp32", all_subsets: bool = False) -> list[Path]:
+    """Write OUT/<subject>/<modality>.nii.gz for every modality of the model (and `_std` maps if samples > 1).
+
+    With `all_subsets`, every non-empty subset of the used modalities is an input set of its own, all decoded in
+    one batched run (each modality encoded once), written to OUT/<subject>/<subset>/<modality>.nii.gz. The
+    subject is prepared once, as `evaluate` does for Table I: an MR-only subset still sees its images cropped to
+    the ultrasound FOV of the subject, where a separate `--inputs t2` run without the ultrasound would not crop.
+    """
+    modalities = ModalitySet(loaded.modalities)
+    prepared = prepare_for_model(subject, loaded, inputs)
+    used = modalities.from_indicator(prepared.present.astype(int))
+    subsets = non_empty_subsets(used) if all_subsets else [used]
+    results = synthesise(loaded.model, prepared, subsets, temperature, samples, slice_batch, precision=precision)
+    written = []
+    for result in results:
+        folder = out_dir / subject.name / subset_label(result.subset) if all_subsets else out_dir / subject.name
+        written += write_synthesis(folder, modalities, result.mean, result.std, prepared.fov, subject.reference)
+    return written
+
+
+def write_synthesis(folder: Path, modalities: Sequence[str], mean: np.ndarray, std: np.ndarray | None,
+                    fov: np.ndarray, grid: Volume) -> list[Path]:
+    """<modality>.nii.gz (and <modality>_std.nii.gz) in `folder`, from network-scale [M, H', W', S] arrays on
+    the model grid, back on the subject's grid and header, 0 outside the field of view."""
+    fov_on_grid = back_to_grid(fov, grid.shape, fill=False)
+    written = []
+    for j, key in enumerate(modalities):
+        image = back_to_grid(to_intensities(mean[j], fov), grid.shape, fill=0.0)
+        written.append(write_volume(folder / f"{key}.nii.gz", np.where(fov_on_grid, image, 0.0), grid))
+        if std is not None:
+            spread = back_to_grid(std[j] / 2.0, grid.shape, fill=0.0)  # std on the intensity scale t
+            written.append(write_volume(folder / f"{key}_std.nii.gz", np.where(fov_on_grid, spread, 0.0), grid))
+    return written
+
+
+def remove_earlier_predictions(folder: Path, written: Sequence[Path], modalities: Sequence[str]) -> list[Path]:
+    """After an --overwrite run, delete the predictions an earlier run left in a subject's folder that this run
+    did not replace (std maps of a --samples run, the other layout of --all-subsets), so that the folder holds
+    one run. Only files named as predict names them are touched; anything else stays."""
+    names = {f"{key}{tail}.nii.gz" for key in modalities for tail in ("", "_std")}
+    subset_folders = [d for d in folder.iterdir() if d.is_dir() and set(d.name.split("+")) <= set(modalities)]
+    kept = {Path(p).resolve() for p in written}
+    removed = []
+    for where in (folder, *subset_folders):
+        for name in names:
+            path = where / name
+            if path.is_file() and path.resolve() not in kept:
+                path.unlink()
+                removed.append(path)
+        if where != folder and not any(where.iterdir()):
+            where.rmdir()
+    return removed
+
+
+def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperature: float = DEFAULT_TEMPERATURE,
+            samples: int = 1, device: str = "cpu", inputs: str | None = None, overwrite: bool = False,
+            resample_to: str | None = None, nan_to_num: bool = False, strict: bool = False,
+            precision: str = "auto", compile_network: bool = False, all_subsets: bool = False) -> list[Path]:
+    """The `mmhvae predict` job over one subject folder or a data folder (`all_subsets`: see predict_subject)."""
+    check_sampling(temperature, samples)
+    torch_device = resolve_device(device)
+    precision = resolve_precision(precision, torch_device)
+    loaded = load_model_file(model, torch_device)
+    if compile_network:
+        if not hasattr(loaded.model, "compile_blocks"):
+            raise InputError(f"--compile: this {loaded.variant} network cannot be compiled block by block", model)
+        loaded.model.compile_blocks()
+    if loaded.recorded_temperature is not None and loaded.recorded_temperature != temperature:
+        print(f"note: this model's authors ran it at temperature {loaded.recorded_temperature:g}; this run uses "
+              f"{temperature:g} (set --temperature to change it)")
+    subjects = discover_subjects(input_dir)
+    out = Path(out)
+    wanted = parse_modality_list(inputs) if inputs is not None else None  # '' is refused, not 'every input'
+    used = ModalitySet(loaded.modalities).ordered(wanted) if wanted else None
+    for files in subjects:
+        unknown = sorted(set(files.modalities) - set(loaded.modalities))
+        if strict and unknown:
+            raise InputError(f"subject '{files.name}' has modalities {unknown} that the model was not trained on "
+                             f"({','.join(loaded.modalities)}); drop --strict to ignore them",
+                             files.modalities[unknown[0]])
+        existing = out / files.name
+        if existing.is_dir() and any(existing.iterdir()) and not overwrite:
+            raise InputError(f"output for subject '{files.name}' already exists (use --overwrite)", existing)
+    read_every_subject_first(subjects, lambda files: prepare_for_model(
+        load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num), loaded, used))
+    written = []
+    for files in subjects:
+        subject = load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num)
+        paths = predict_subject(loaded, subject, out, used, temperature, samples, precision=precision,
+                                all_subsets=all_subsets)
+        if overwrite:
+            remove_earlier_predictions(out / files.name, paths, loaded.modalities)
+        label = subset_label(used or subject.present(ModalitySet(loaded.modalities)))
+        print(f"{files.name}: inputs {'every subset of ' if all_subsets else ''}{label} -> "
+              f"{len(paths)} files in {out / files.name}")
+        written += paths
+    return written

@@ -1,0 +1,137 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmhvae.errors import InputError
+from mmhvae.io.volumes import nifti_stem
+from mmhvae.modalities import ModalitySet, Subset, canonical_key
+
+LABEL_NAMES = ("seg", "tissue")
+TARGETS_FOLDER = "targets"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Subject discovery
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SubjectFiles:
+    """Where a subject's files are; nothing is read yet."""
+
+    name: str
+    layout: str
+    modalities: dict[str, Path] = field(default_factory=dict)
+    targets: dict[str, Path] = field(default_factory=dict)
+    seg: Path | None = None
+    tissue: Path | None = None
+
+    def present(self, modalities: ModalitySet) -> Subset:
+        return modalities.ordered(k for k in self.modalities if k in modalities)
+
+    def indicator(self, modalities: ModalitySet) -> tuple[int, ...]:
+        """Missingness vector r of Section 3.2 (1 observed, 0 missing) in the order of `modalities`."""
+        return modalities.indicator(self.present(modalities))
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and nifti_stem(p) is not None)
+
+
+def _classify(stem: str, subject: str | None) -> str | None:
+    """Map a file stem to a modality key or label name; strips a '<subject>-' prefix (BraTS)."""
+    if subject is not None and stem.lower().startswith(subject.lower() + "-"):
+        stem = stem[len(subject) + 1 :]
+    if stem.lower() in LABEL_NAMES:
+        return stem.lower()
+    return canonical_key(stem)
+
+
+def _add_file(files: SubjectFiles, kind: str, path: Path) -> None:
+    if kind in LABEL_NAMES:
+        if getattr(files, kind) is not None:
+            raise InputError(f"subject '{files.name}' has two {kind} files ({getattr(files, kind).name})", path)
+        setattr(files, kind, path)
+        return
+    if kind in files.modalities:
+        raise InputError(
+            f"subject '{files.name}' has modality '{kind}' twice (also {files.modalities[kind].name})", path
+        )
+    files.modalities[kind] = path
+
+
+def _unknown_name(path: Path) -> InputError:
+    return InputError("unknown modality name in file name (expected e.g. t2.nii.gz or <subject>-t2.nii.gz)", path)
+
+
+def _subject_from_folder(folder: Path) -> SubjectFiles:
+    """A canonical or BraTS subject folder."""
+    niftis = _nifti_files(folder)
+    brats = any(nifti_stem(p).lower().startswith(folder.name.lower() + "-") for p in niftis)
+    files = SubjectFiles(folder.name, "brats" if brats else "canonical")
+    for path in niftis:
+        kind = _classify(nifti_stem(path), folder.name)
+        if kind is None:
+            raise _unknown_name(path)
+        _add_file(files, kind, path)
+    targets = folder / TARGETS_FOLDER
+    if targets.is_dir():
+        for path in _nifti_files(targets):
+            key = canonical_key(nifti_stem(path))
+            if key is None:
+                raise _unknown_name(path)
+            files.targets[key] = path
+    return files
+
+
+def _subjects_from_flat(folder: Path, niftis: list[Path]) -> list[SubjectFiles]:
+    """The authors' flat layout: DATA/<subject>-<modality>.nii.gz."""
+    subjects: dict[str, SubjectFiles] = {}
+    for path in niftis:
+        stem = nifti_stem(path)
+        name, sep, suffix = stem.rpartition("-")
+        kind = _classify(suffix, None) if sep else None
+        if kind is None or not name:
+            raise _unknown_name(path)
+        files = subjects.setdefault(name, SubjectFiles(name, "flat"))
+        _add_file(files, kind, path)
+    return [subjects[name] for name in sorted(subjects)]
+
+
+def _looks_like_subject_folder(folder: Path, niftis: list[Path]) -> bool:
+    return any(_classify(nifti_stem(p), folder.name) is not None for p in niftis) and all(
+        _classify(nifti_stem(p), folder.name) is not None or "-" not in nifti_stem(p) for p in niftis
+    )
+
+
+def discover_subjects(root: str | Path) -> list[SubjectFiles]:
+    """Find subjects under `root`: a data folder (any of the three layouts) or one subject folder.
+
+    Every subject must have at least one modality; unknown or duplicated modality names are errors.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise InputError("input folder does not exist", root)
+    if not root.is_dir():
+        raise InputError("expected a folder of subjects or one subject folder", root)
+    niftis = _nifti_files(root)
+    if niftis and _looks_like_subject_folder(root, niftis):
+        subjects = [_subject_from_folder(root)]
+    elif niftis:
+        subjects = _subjects_from_flat(root, niftis)
+    else:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        subjects = [_subject_from_folder(f) for f in folders if _nifti_files(f)]
+    if not subjects:
+        raise InputError("no subjects found (no .nii.gz or .nii files in it or in its sub-folders)", root)
+    for files in subjects:
+        if not files.modalities:
+            where = files.seg or files.tissue or root / files.name
+            raise InputError(f"subject '{files.name}' has no modality image", where)
+    names = [s.name for s in subjects]
+    if len(set(names)) != len(names):
+        raise InputError("two subjects share one name", root)
+    return subjects

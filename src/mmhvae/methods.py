@@ -1,0 +1,40 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+METHODS = ("mmhvae", "mopoe", "average", "concat-zeros", "mmgan", "resvit", "m2dn")
+
+# Training recipe of a method where it differs from MMHVAE's, applied where a configuration switches to the
+# method (config.from_mapping, train.with_method); values a config file sets itself win. MM-GAN (Sharma &
+# Hamarneh 2019, their code): L1 with weight 0.9 and LSGAN with weight 0.1 from the first step, Adam at a
+# constant 2e-4 for generator and critic.
+METHOD_TRAIN_RECIPES: dict[str, dict[str, Any]] = {
+    "mmgan": {"image_loss": "l1", "gan_weight": 0.1, "gan_start": 0.0, "lr": 2e-4, "lr_final": 2e-4,
+              "critic_lr": 2e-4},
+    # ResViT (their code and README): L1 weighted 100 against the LSGAN term's 1, so w = 1/101, from the first
+    # step; Adam at 2e-4 for generator and critic, decayed to 0 (theirs: constant, then linear to 0).
+    "resvit": {"image_loss": "l1", "gan_weight": 1 / 101, "gan_start": 0.0, "lr": 2e-4, "lr_final": 0.0,
+               "critic_lr": 2e-4},
+    # M2DN (a diffusion model, no adversarial term): L1 on the predicted images, Adam at a constant 1e-4
+    # (BBDM's; M2DN's own settings are not published with code).
+    "m2dn": {"image_loss": "l1", "gan_weight": 0.0, "lr": 1e-4, "lr_final": 1e-4},
+}
+
+
+def recipe_on_switch(previous: str, method: str, keep: Collection[str] = ()) -> dict[str, Any]:
+    """The training settings a switch from method `previous` to `method` brings (none when it is no switch),
+    leaving out the settings named in `keep` (those a config file sets itself)."""
+    if method == previous:
+        return {}
+    return {k: v for k, v in METHOD_TRAIN_RECIPES.get(method, {}).items() if k not in keep}
+
+# The MMHVAE-family methods as overrides of an MMHVAE configuration.
+MMHVAE_METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
+    "mmhvae": {},
+    "mopoe": {"num_latent_levels": 1, "latent_groups": None, "encoder": "per_modality"},
+    "average": {"fusion": "average", "encoder": "per_modality"},
+    "concat-zeros": {"encoder": "joint", "fusion": "poe"},
+}

@@ -1,0 +1,12 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+# Tissue fraction maps, in the order the phantom stacks them. Fractions of a voxel sum to at most 1; the
+# rest is background (air outside the head, or the saline that couples the ultrasound probe).
+HEALTHY_TISSUES: tuple[str, ...] = (
+    "csf_sulcal", "csf_ventricle", "gm", "wm", "choroid", "falx", "bone", "scalp",
+)
+TUMOUR_TISSUES: tuple[str, ...] = ("necrosis", "enhancing", "nonenhancing", "oedema")
+ALL_TISSUES: tuple[str, ...] = HEALTHY_TISSUES + TUMOUR_TISSUES
+BRAIN_TISSUES: tuple[str, ...] = ("csf_sulcal", "csf_ventricle", "gm", "wm", "choroid", "falx")
