@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from mmhvae.cli.main import main
@@ -23,9 +21,9 @@ def test_presets_follow_the_paper_and_the_cpu_setting():
     assert tiny.model.image_size == 64 and tiny.data.image_size == 64
 
 
-@pytest.mark.parametrize(("name", "precision"), [("paper-cpu.yaml", "bf16-mixed"), ("paper-cpu-fp32.yaml", "auto")])
+@pytest.mark.parametrize(("name", "precision"), [("paper-cpu", "bf16-mixed"), ("paper-cpu-fp32", "auto")])
 def test_the_lean_cpu_paper_configs_change_only_speed_settings(name: str, precision: str) -> None:
-    lean = load_config(Path(__file__).parents[1] / "configs" / name)
+    lean = load_config(name)
     paper = load_config("paper")
     assert (lean.train.precision, lean.train.activation_checkpointing) == (precision, 6)
     assert lean.model == paper.model and lean.data == paper.data

@@ -30,7 +30,8 @@ from mmhvae.model.registry import (
 )
 from mmhvae.preprocessing.prepare import PreprocessConfig
 
-PRESETS = ("tiny", "paper")
+# The shipped presets, src/mmhvae/configs/<name>.yaml: the one source of every preset.
+PRESETS = ("tiny", "paper", "paper-cpu", "paper-cpu-fp32")
 
 
 @dataclass
@@ -143,7 +144,8 @@ def _update(instance: Any, values: dict[str, Any], section: str, source: str) ->
 
 
 def preset(name: str) -> RunConfig:
-    """The shipped presets: `tiny` (64x64, CPU-sized) and `paper` (Section 4.2)."""
+    """A shipped preset: `tiny` (64x64, CPU-sized), `paper` (Section 4.2), or `paper-cpu` / `paper-cpu-fp32` (the
+    paper's network and maths, lean for training on a CPU)."""
     if name not in PRESETS:
         raise InputError(f"unknown config preset '{name}' (presets: {', '.join(PRESETS)}, or a .yaml file)")
     text = resources.files("mmhvae").joinpath("configs", f"{name}.yaml").read_text()
@@ -204,12 +206,12 @@ def from_mapping(values: Any, source: str, base: RunConfig) -> RunConfig:
 
 
 def load_config(name_or_path: str | Path) -> RunConfig:
-    """A preset name (`tiny`, `paper`) or a YAML file (optionally `base: tiny|paper` plus overrides)."""
+    """A preset name (PRESETS) or a YAML file (optionally `base: <preset>` plus overrides)."""
     if str(name_or_path) in PRESETS:
         return preset(str(name_or_path))
     path = Path(name_or_path)
     if not path.is_file():
-        raise InputError("config file does not exist (or use a preset: tiny, paper)", path)
+        raise InputError(f"config file does not exist (or use a preset: {', '.join(PRESETS)})", path)
     return from_yaml_text(path.read_text(), str(path), RunConfig())
 
 

@@ -1,4 +1,4 @@
-"""The one error type that the command line turns into exit code 2."""
+"""The one error type that the command line turns into exit code 2, and the refusal to overwrite outputs."""
 
 from __future__ import annotations
 
@@ -12,3 +12,14 @@ class InputError(Exception):
         self.path = None if path is None else Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path is not None else problem)
+
+
+def refuse_to_overwrite(path: str | Path, overwrite: bool, exists: bool | None = None,
+                        problem: str = "already exists") -> None:
+    """The one refusal of every verb that writes: earlier outputs at `path` are kept unless `--overwrite`.
+
+    `exists` says whether there is something to keep (default: whether `path` exists); `problem` names it,
+    e.g. "the output folder already has results".
+    """
+    if not overwrite and (Path(path).exists() if exists is None else exists):
+        raise InputError(f"{problem} (use --overwrite)", path)

@@ -20,10 +20,10 @@ from mmhvae.io.layouts import discover_subjects
 from mmhvae.model.baselines.m2dn import M2DN, M2DNConfig
 from mmhvae.model.baselines.mmgan import MMGAN, MMGANConfig
 from mmhvae.model.baselines.resvit import ResViT, ResViTConfig
-from mmhvae.model.mmhvae_config import MMHVAEConfig
 from mmhvae.model_file import load_model_file, save_model_file
 from mmhvae.phantom.cohort import simulate_cohort
 from mmhvae.preprocessing.prepare import PreprocessConfig
+from network_inputs import tiny_config
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "phantom-tiny.pt"
 FULL = "us+t2+t1c+flair"
@@ -84,9 +84,9 @@ def test_latent_analysis_refuses_bad_input(cohort, tmp_path):
     with pytest.raises(InputError, match="at least two") as caught:
         analyse_latent(MODEL, lonely.parent, tmp_path / "a")
     assert caught.value.path == lonely
-    for network in (MMGAN(MMGANConfig.like(MMHVAEConfig.tiny())),
-                    ResViT(ResViTConfig.like(MMHVAEConfig.tiny(), transformer_layers=1)),
-                    M2DN(M2DNConfig.like(MMHVAEConfig.tiny()))):
+    for network in (MMGAN(MMGANConfig.like(tiny_config())),
+                    ResViT(ResViTConfig.like(tiny_config(), transformer_layers=1)),
+                    M2DN(M2DNConfig.like(tiny_config()))):
         gan = save_model_file(tmp_path / "gan.pt", network, PreprocessConfig(image_size=64))
         with pytest.raises(InputError, match=f"need an MMHVAE model .*the {network.config.variant} baseline"):
             analyse_latent(gan, cohort, tmp_path / "a")

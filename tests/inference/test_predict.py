@@ -184,7 +184,8 @@ def test_every_bad_input_exits_2_with_one_line_and_writes_nothing(model_file, tm
 
 def test_inference_does_not_import_lightning():
     # Lightning costs seconds of start-up in every `mmhvae predict` process and inference never needs it.
-    code = "import sys, mmhvae.inference.predict, mmhvae.evaluation.evaluate; print(any(m.startswith('lightning') for m in sys.modules))"
+    code = ("import sys, mmhvae.inference.predict, mmhvae.evaluation.evaluate; "
+            "print(any(m.startswith('lightning') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
         == "False"
 

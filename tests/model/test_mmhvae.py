@@ -12,13 +12,13 @@ from mmhvae.errors import InputError
 from mmhvae.model.interface import EncodedImages, EncodedModalities
 from mmhvae.model.mmhvae import MMHVAE
 from mmhvae.model.mmhvae_config import MMHVAEConfig
-from network_inputs import SIZE, B, M, all_present, count_parameters, mask, random_images
+from network_inputs import SIZE, B, M, all_present, count_parameters, mask, paper_config, random_images, tiny_config
 
 
 @pytest.fixture(scope="module")
 def tiny_model() -> MMHVAE:
     torch.manual_seed(0)
-    return MMHVAE(MMHVAEConfig.tiny())
+    return MMHVAE(tiny_config())
 
 
 
@@ -33,7 +33,7 @@ def test_tiny_output_shapes(tiny_model: MMHVAE) -> None:
 
 
 def test_paper_configuration_has_the_papers_size() -> None:
-    config = MMHVAEConfig.paper()
+    config = paper_config()
     assert config.bottom_size == 3 and config.stochastic_groups == (1, 2, 3, 4, 5, 6, 7)
     model = MMHVAE(config)
     # The authors' network has 13,774,770 parameters (paper: "14M").
@@ -138,7 +138,7 @@ def test_single_sample_kl_option(tiny_model: MMHVAE) -> None:
 
 def test_gradients_reach_every_parameter() -> None:
     torch.manual_seed(0)
-    model = MMHVAE(MMHVAEConfig.tiny())
+    model = MMHVAE(tiny_config())
     images = random_images(batch=2)
     out = model(images, all_present(2), all_present(2))
     loss = (out.images - images).abs().mean() + 1e-3 * out.kl_total.mean()
@@ -169,7 +169,7 @@ VARIANTS = [
 @pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_options_construct_and_run(overrides: dict) -> None:
     torch.manual_seed(0)
-    config = MMHVAEConfig.tiny(**overrides)
+    config = tiny_config(**overrides)
     model = MMHVAE(config)
     images = random_images(batch=2)
     subset = mask("1010", "0100")
@@ -188,9 +188,9 @@ def test_options_construct_and_run(overrides: dict) -> None:
 
 
 def test_num_latent_levels_takes_the_coarsest_groups() -> None:
-    assert MMHVAEConfig.tiny(num_latent_levels=1).stochastic_groups == (5,)
-    assert MMHVAEConfig.tiny(num_latent_levels=3).stochastic_groups == (3, 4, 5)
-    assert MMHVAEConfig.paper(latent_groups=(7, 1, 4)).stochastic_groups == (1, 4, 7)
+    assert tiny_config(num_latent_levels=1).stochastic_groups == (5,)
+    assert tiny_config(num_latent_levels=3).stochastic_groups == (3, 4, 5)
+    assert paper_config(latent_groups=(7, 1, 4)).stochastic_groups == (1, 4, 7)
 
 
 @pytest.mark.parametrize(
@@ -208,11 +208,11 @@ def test_num_latent_levels_takes_the_coarsest_groups() -> None:
 )
 def test_invalid_configurations_are_rejected(overrides: dict) -> None:
     with pytest.raises(ValueError):
-        MMHVAEConfig.tiny(**overrides)
+        tiny_config(**overrides)
 
 
 def test_config_round_trips_through_a_plain_dict_and_a_weights_only_file(tmp_path) -> None:
-    config = MMHVAEConfig.tiny(latent_groups=(1, 3, 5), fusion="average")
+    config = tiny_config(latent_groups=(1, 3, 5), fusion="average")
     as_dict = config.to_dict()
     assert MMHVAEConfig.from_dict(as_dict) == config
     with pytest.raises(ValueError, match="unknown"):
@@ -236,7 +236,7 @@ def test_config_round_trips_through_a_plain_dict_and_a_weights_only_file(tmp_pat
 @pytest.fixture(scope="module")
 def joint_model() -> MMHVAE:
     torch.manual_seed(0)
-    return MMHVAE(MMHVAEConfig.tiny(encoder="joint"))
+    return MMHVAE(tiny_config(encoder="joint"))
 
 
 def test_joint_encoder_shapes_and_a_single_encoder(joint_model: MMHVAE) -> None:
@@ -247,7 +247,7 @@ def test_joint_encoder_shapes_and_a_single_encoder(joint_model: MMHVAE) -> None:
     assert out.images.shape == (B, M, SIZE, SIZE) and out.images.abs().max() <= 1.0
     assert out.kl_groups == (1, 2, 3, 4, 5) and all(k.shape == (B,) for k in out.kl)
     assert out.z1_mean is not None and out.z1_mean.shape == (B, 4, SIZE, SIZE)
-    assert count_parameters(joint_model) < count_parameters(MMHVAE(MMHVAEConfig.tiny()))
+    assert count_parameters(joint_model) < count_parameters(MMHVAE(tiny_config()))
 
 
 def test_joint_encoder_ignores_modalities_outside_the_subset_nan_included(joint_model: MMHVAE) -> None:
@@ -284,18 +284,18 @@ def test_joint_encoder_empty_subset_samples_from_the_prior_and_needs_poe(joint_m
     out = joint_model(random_images(), all_present(), torch.zeros(B, M, dtype=torch.bool), temperature=0.0)
     torch.testing.assert_close(out.kl_total, torch.zeros(B), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="fusion 'poe'"):
-        MMHVAEConfig.tiny(encoder="joint", fusion="average")
+        tiny_config(encoder="joint", fusion="average")
     with pytest.raises(ValueError, match="encoder must be"):
-        MMHVAEConfig.tiny(encoder="shared")
+        tiny_config(encoder="shared")
     with pytest.raises(ValueError, match="own `encode`"):
-        joint_model.decode(MMHVAE(MMHVAEConfig.tiny()).encode(random_images(), all_present()), all_present())
-    config = MMHVAEConfig.tiny(encoder="joint")
+        joint_model.decode(MMHVAE(tiny_config()).encode(random_images(), all_present()), all_present())
+    config = tiny_config(encoder="joint")
     assert MMHVAEConfig.from_dict(config.to_dict()) == config
 
 
 def test_activation_checkpointing_gives_the_same_outputs_and_gradients() -> None:
     torch.manual_seed(0)
-    plain = MMHVAE(MMHVAEConfig.tiny(image_size=32, num_pool=3, latent_channels=(2, 4, 4)))
+    plain = MMHVAE(tiny_config(image_size=32, num_pool=3, latent_channels=(2, 4, 4)))
     recomputed = copy.deepcopy(plain).recompute_levels(2)
     images = torch.randn(3, 4, 32, 32)
     present = torch.tensor([[1, 1, 0, 1], [1, 0, 0, 0], [0, 1, 1, 1]], dtype=torch.bool)
@@ -314,7 +314,7 @@ def test_activation_checkpointing_gives_the_same_outputs_and_gradients() -> None
 
 def test_activation_checkpointing_keeps_fewer_activations() -> None:
     torch.manual_seed(0)
-    plain = MMHVAE(MMHVAEConfig.tiny(image_size=32, num_pool=3, latent_channels=(2, 4, 4)))
+    plain = MMHVAE(tiny_config(image_size=32, num_pool=3, latent_channels=(2, 4, 4)))
     recomputed = copy.deepcopy(plain).recompute_levels(2)
     images, present = torch.randn(2, 4, 32, 32), torch.ones(2, 4, dtype=torch.bool)
 
@@ -344,7 +344,7 @@ def test_compiled_blocks_give_the_same_outputs_and_keep_the_state_dict_keys(monk
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     torch.manual_seed(0)
-    config = MMHVAEConfig.tiny(image_size=32, num_pool=3, latent_channels=(2, 4, 4), global_latent=8,
+    config = tiny_config(image_size=32, num_pool=3, latent_channels=(2, 4, 4), global_latent=8,
                                base_features=4, max_features=8, decoder_blocks=1)
     plain = MMHVAE(config).eval()
     compiled = copy.deepcopy(plain).compile_blocks()
@@ -361,7 +361,7 @@ def test_compiled_blocks_give_the_same_outputs_and_keep_the_state_dict_keys(monk
 
 def test_compiling_without_a_cpp_compiler_is_refused_before_any_work(monkeypatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    config = MMHVAEConfig.tiny(image_size=32, num_pool=3, latent_channels=(2, 4, 4), global_latent=8,
+    config = tiny_config(image_size=32, num_pool=3, latent_channels=(2, 4, 4), global_latent=8,
                                base_features=4, max_features=8, decoder_blocks=1)
     with pytest.raises(InputError, match="needs a C.. compiler"):
         MMHVAE(config).compile_blocks()

@@ -1,4 +1,5 @@
-from mmhvae.cli.main import main
 import sys
+
+from mmhvae.cli.main import main
 
 sys.exit(main())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from mmhvae.model.blocks import NORMS
 from mmhvae.model.interface import PlainDictConfig
@@ -122,37 +121,3 @@ class MMHVAEConfig(PlainDictConfig):
     @property
     def bottom_size(self) -> int:
         return self.image_size // 2**self.num_pool
-
-    # ----- presets and serialisation ------------------------------------------------------------
-
-    @classmethod
-    def tiny(cls, **overrides: Any) -> MMHVAEConfig:
-        """64x64, a few hundred thousand parameters: tests, demos and CPU try-outs."""
-        settings: dict[str, Any] = dict(
-            image_size=64,
-            num_pool=4,
-            base_features=8,
-            max_features=32,
-            latent_channels=(4, 8, 8, 8),
-            global_latent=32,
-            decoder_blocks=1,
-            expansion=3,
-            expand_kernel=1,
-        )
-        settings.update(overrides)
-        return cls(**settings)
-
-    @classmethod
-    def paper(cls, **overrides: Any) -> MMHVAEConfig:
-        """Section 4.2: 192x192, 6 poolings (coarsest map 3x3), L = 7 groups, z_1 = 8 x 192 x 192."""
-        settings: dict[str, Any] = dict(
-            image_size=192,
-            num_pool=6,
-            base_features=16,
-            max_features=128,
-            latent_channels=(8, 16, 32, 64, 64, 64),
-            global_latent=256,
-            decoder_blocks=5,
-        )
-        settings.update(overrides)
-        return cls(**settings)

@@ -8,9 +8,8 @@ import torch
 from mmhvae.config import load_config
 from mmhvae.model.baselines.m2dn import M2DN, M2DNConfig, subset_codes
 from mmhvae.model.distributions import RowNoise
-from mmhvae.model.mmhvae_config import MMHVAEConfig
 from mmhvae.model.registry import build_network, network_config_for_method, network_config_from_dict
-from network_inputs import B, M, all_present, mask
+from network_inputs import B, M, all_present, mask, tiny_config
 from network_inputs import random_images as random_images_of_size
 
 SIZE = 32
@@ -122,4 +121,4 @@ def test_configs_like_the_presets_round_trip_and_validation() -> None:
         with pytest.raises(ValueError, match="M2DNConfig"):
             small_config(**bad)
     with pytest.raises(ValueError, match="needs an MMHVAE or m2dn"):
-        network_config_for_method("m2dn", network_config_for_method("resvit", MMHVAEConfig.tiny()))
+        network_config_for_method("m2dn", network_config_for_method("resvit", tiny_config()))

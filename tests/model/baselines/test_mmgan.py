@@ -11,13 +11,13 @@ from mmhvae.model.interface import EncodedImages
 from mmhvae.model.mmhvae import MMHVAE
 from mmhvae.model.mmhvae_config import MMHVAEConfig
 from mmhvae.model.registry import build_network, network_config_for_method, network_config_from_dict
-from network_inputs import SIZE, B, M, all_present, count_parameters, mask, random_images
+from network_inputs import SIZE, B, M, all_present, count_parameters, mask, random_images, tiny_config
 
 
 @pytest.fixture(scope="module")
 def tiny_gan() -> MMGAN:
     torch.manual_seed(0)
-    return MMGAN(MMGANConfig.like(MMHVAEConfig.tiny())).eval()
+    return MMGAN(MMGANConfig.like(tiny_config())).eval()
 
 
 
@@ -71,7 +71,7 @@ def test_deterministic_and_batching_is_exact(tiny_gan: MMGAN) -> None:
 
 def test_gradients_reach_every_parameter() -> None:
     torch.manual_seed(0)
-    model = MMGAN(MMGANConfig.like(MMHVAEConfig.tiny()))
+    model = MMGAN(MMGANConfig.like(tiny_config()))
     images = random_images(batch=2)
     out = model(images, all_present(2), mask("1010", "0001"))
     (out.images - images).abs().mean().backward()
@@ -79,7 +79,7 @@ def test_gradients_reach_every_parameter() -> None:
 
 
 def test_config_round_trip_and_validation() -> None:
-    config = MMGANConfig.like(MMHVAEConfig.tiny(), num_res_units=1)
+    config = MMGANConfig.like(tiny_config(), num_res_units=1)
     values = config.to_dict()
     assert values["variant"] == "mmgan" and isinstance(values["channels"], list)
     assert MMGANConfig.from_dict(values) == config
@@ -99,7 +99,7 @@ def test_size_is_comparable_to_the_tiny_mmhvae() -> None:
 
 def test_registry_builds_both_variants_and_state_dicts_round_trip(tmp_path) -> None:
     images = random_images(batch=2)
-    for config in (MMHVAEConfig.tiny(), MMHVAEConfig.tiny(encoder="joint"), MMGANConfig.like(MMHVAEConfig.tiny())):
+    for config in (tiny_config(), tiny_config(encoder="joint"), MMGANConfig.like(tiny_config())):
         torch.manual_seed(0)
         model = build_network(config.to_dict()).eval()
         assert type(model) is (MMGAN if isinstance(config, MMGANConfig) else MMHVAE)
@@ -111,17 +111,17 @@ def test_registry_builds_both_variants_and_state_dicts_round_trip(tmp_path) -> N
         a = model(images, all_present(2), mask("1100", "0010"), temperature=0.0).images
         b = restored(images, all_present(2), mask("1100", "0010"), temperature=0.0).images
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert isinstance(network_config_from_dict({**MMHVAEConfig.tiny().to_dict(), "variant": "mmhvae"}), MMHVAEConfig)
+    assert isinstance(network_config_from_dict({**tiny_config().to_dict(), "variant": "mmhvae"}), MMHVAEConfig)
     with pytest.raises(ValueError, match="unknown network variant"):
         network_config_from_dict({"variant": "pix2pix"})
 
 
 def test_methods_map_to_network_configurations() -> None:
-    tiny = MMHVAEConfig.tiny(latent_groups=(1, 3, 5))
+    tiny = tiny_config(latent_groups=(1, 3, 5))
     assert network_config_for_method("mmhvae", tiny) == tiny
     assert network_config_for_method("mopoe", tiny).stochastic_groups == (5,)
     assert network_config_for_method("average", tiny).fusion == "average"
-    joint = network_config_for_method("concat-zeros", MMHVAEConfig.tiny(fusion="inverse_std"))
+    joint = network_config_for_method("concat-zeros", tiny_config(fusion="inverse_std"))
     assert joint.encoder == "joint" and joint.fusion == "poe"
     gan = network_config_for_method("mmgan", tiny)
     assert isinstance(gan, MMGANConfig) and network_config_for_method("mmgan", gan) == gan

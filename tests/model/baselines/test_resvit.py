@@ -10,16 +10,15 @@ from scipy.special import erf
 from mmhvae.config import load_config
 from mmhvae.model.baselines.resvit import ResViT, ResViTConfig
 from mmhvae.model.interface import EncodedImages
-from mmhvae.model.mmhvae_config import MMHVAEConfig
 from mmhvae.model.registry import build_network, network_config_for_method, network_config_from_dict
-from network_inputs import SIZE, B, M, all_present, count_parameters, mask, random_images
+from network_inputs import SIZE, B, M, all_present, count_parameters, mask, random_images, tiny_config
 
 from conftest import vit_checkpoint
 
 
 def small_config(**overrides) -> ResViTConfig:
     """The tiny setting's ResViT with two transformer layers: the same structure, quicker to test."""
-    return ResViTConfig.like(MMHVAEConfig.tiny(), transformer_layers=2, **overrides)
+    return ResViTConfig.like(tiny_config(), transformer_layers=2, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +115,7 @@ def test_config_round_trip_validation_and_registry(tmp_path) -> None:
                                rtol=0, atol=0)
     assert network_config_for_method("resvit", config) == config
     with pytest.raises(ValueError, match="needs an MMHVAE or resvit"):
-        network_config_for_method("resvit", network_config_for_method("mmgan", MMHVAEConfig.tiny()))
+        network_config_for_method("resvit", network_config_for_method("mmgan", tiny_config()))
 
 
 def flax_vit_encoder(arrays: dict[str, np.ndarray], tokens: np.ndarray, layers: int) -> np.ndarray:
