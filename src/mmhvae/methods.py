@@ -1,4 +1,15 @@
-"""TODO docstring."""
+"""The methods of `mmhvae train --method`: the one list, with what each changes (Sections 4.3-4.4).
+
+Kept free of torch so that the command line can list them in `--help` without loading a network:
+- mmhvae: ours, the configuration as given;
+- mopoe: one latent group, the global one (L = 1), Section 4.3 "MoPoE ... with a single latent variable";
+- average: deterministic average of per-modality features at each level (Section 4.4.2, "Average");
+- concat-zeros: one joint encoder on the concatenated images, zeros for missing ones (Section 4.4.2);
+- mmgan, resvit: zero-imputation generators (MM-GAN, Sharma & Hamarneh 2019; ResViT, Dalmaz et al. 2022);
+- m2dn: a conditional Brownian-bridge diffusion, noise for missing modalities (Meng et al. 2024, as the paper
+  adapted it).
+The networks themselves are built in model/registry.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +19,7 @@ from typing import Any
 METHODS = ("mmhvae", "mopoe", "average", "concat-zeros", "mmgan", "resvit", "m2dn")
 
 # Training recipe of a method where it differs from MMHVAE's, applied where a configuration switches to the
-# method (config.from_mapping, train.with_method); values a config file sets itself win. MM-GAN (Sharma &
+# method (config.from_mapping, config.with_method); values a config file sets itself win. MM-GAN (Sharma &
 # Hamarneh 2019, their code): L1 with weight 0.9 and LSGAN with weight 0.1 from the first step, Adam at a
 # constant 2e-4 for generator and critic.
 METHOD_TRAIN_RECIPES: dict[str, dict[str, Any]] = {
