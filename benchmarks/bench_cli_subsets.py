@@ -1,4 +1,4 @@
-"""Benchmark: one `mmhvae predict --all-subsets` run against 15 `mmhvae predict --inputs S` runs (issue 7).
+"""Benchmark: one `mmhvae predict --all-subsets` run against 15 `mmhvae predict --inputs S` runs.
 
     PYTHONPATH=src python benchmarks/bench_cli_subsets.py [--model models/phantom-tiny.pt | --config paper]
         [--slices 32] [--repeats 1] [--json OUT.json]

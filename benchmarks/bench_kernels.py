@@ -1,11 +1,11 @@
-"""Benchmark: instance-norm kernel and memory format, timed against each other on one network (issue 7).
+"""Benchmark: instance-norm kernel and memory format, timed against each other on one network.
 
     PYTHONPATH=src python benchmarks/bench_kernels.py [--config paper] [--method mmhvae] [--device cpu|cuda]
         [--precision fp32|bf16] [--batches 1,16] [--train-batch 4] [--rounds 5] [--json OUT.json]
 
 Four variants of the same network and weights: instance norm by torch's kernel (`nn.InstanceNorm2d`, batch norm
 underneath) or by the group-norm kernel (`mmhvae.model.blocks.InstanceNorm2d`), each in the default
-(contiguous) or channels-last memory format. This machine's speed drifts by up to 30 % within a session, so the
+(contiguous) or channels-last memory format. A shared machine's speed drifts by up to 30 % within minutes, so the
 variants are timed in turn, round after round, in one process, and the medians compared: read the ratios, not
 single figures. Inference: one forward pass per batch size (all inputs present, temperature 0.5). Training
 (`--train-batch`, 0 to skip): one Algorithm-1 step (T passes, backward, Adamax). Prints a table and the

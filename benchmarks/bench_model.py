@@ -1,4 +1,4 @@
-"""Benchmark: parameters, MACs, latency, 15-subset prediction, training step time and memory (issue 7).
+"""Benchmark: parameters, MACs, latency, 15-subset prediction, training step time and memory.
 
     PYTHONPATH=src python benchmarks/bench_model.py [--configs tiny,paper]
         [--methods mmhvae,mopoe,average,concat-zeros,mmgan] [--repeats 3] [--device cpu|cuda] [--json OUT.json]

@@ -1,4 +1,4 @@
-"""Benchmark: phantom cohort generation speed (issue target: 20 subjects at size 64 in under a minute on 2 cores).
+"""Benchmark: phantom cohort generation speed (target: 20 subjects at size 64 in under a minute on 2 cores).
 
     PYTHONPATH=src python benchmarks/bench_phantom.py [--subjects 20] [--size 64] [--json OUT.json]
 

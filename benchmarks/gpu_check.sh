@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The GPU figures of the Performance section (bf16 latency at batch 16 and the ReMIND-sized epoch estimate at the
-# paper setting) and the CUDA tests (tests/test_cuda.py), in one call of a lent GPU machine that has no network.
-# Its image holds PyTorch, Lightning, scikit-image and pytest, not nibabel, MONAI or nilearn, which travel as
-# wheels. Prepare here once:
+# paper setting) and the CUDA tests (tests/test_cuda.py), in one run on a GPU machine without network access whose
+# Python has PyTorch, Lightning, scikit-image and pytest but not nibabel, MONAI or nilearn: those travel as wheels.
+# Prepare them once on a machine with network access:
 #   echo /.whl/ >> .git/info/exclude && bash benchmarks/gpu_check.sh --fetch-wheels
-# then on the machine (the device tool), carrying them: command "bash benchmarks/gpu_check.sh", carry [".whl"],
-# timeout_s 570 (its steps' limits add up to 520 s). Everything it prints also goes to $OUT/log.txt (runs/gpu-check
-# where OUT is unset); it exits 1 if a step failed.
+# then copy the repository with its .whl folder to the GPU machine and run "bash benchmarks/gpu_check.sh" there
+# (its steps' time limits add up to 520 s). Everything it prints also goes to $OUT/log.txt (runs/gpu-check where
+# OUT is unset); it exits 1 if a step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--fetch-wheels" ]; then
@@ -21,7 +21,7 @@ exec > >(tee -a "$out/log.txt") 2>&1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "no wheels in .whl: run 'bash benchmarks/gpu_check.sh --fetch-wheels' here and carry .whl"; exit 2; }
 export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1
-mmhvae=(python3 -c 'import sys; from mmhvae.cli import main; sys.exit(main())')  # the package is not installed
+mmhvae=(python3 -c 'import sys; from mmhvae.cli.main import main; sys.exit(main())')  # the package is not installed
 failed=0
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, output also in $out/NAME.txt; go on if it fails
   local name=$1 limit=$2 status

@@ -14,7 +14,7 @@ page() {  # page file, title, generating command line, command text, body file; 
 machine() {  # one line on what else the figures may depend on: the same versions on another CPU can differ
   "$(dirname "$M")/python" - <<'PY'
 import numpy, scipy, SimpleITK
-from mmhvae.benchmark import cpu_description
+from mmhvae.performance.benchmark import cpu_description
 c = cpu_description()
 print(f"Machine: {c['cpu']} (family {c['cpu_family']}, model {c['cpu_model']}), {c['cpus']} CPUs, AVX-512 "
       f"{c['avx512']}; numpy {numpy.__version__}, scipy {scipy.__version__}, SimpleITK "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the pages of reports/ that use only the shipped demo model (models/phantom-tiny.pt), so that they
-# follow each new training stage without retraining the 300-step report models of reports/downstream.sh:
+# follow each newly shipped model without retraining the 300-step report models of reports/downstream.sh:
 #   bash reports/shipped_model.sh [DOWNSTREAM_WORK]
 # Cohorts (the same seeds as downstream.sh) and raw results go to DOWNSTREAM_WORK (default runs/downstream);
 # results already there are recomputed, since they belong to whichever model was shipped when they were made.
@@ -11,7 +11,7 @@ OUT=${1:-runs/downstream}
 M=.venv/bin/mmhvae
 MODEL=models/phantom-tiny.pt
 source reports/lib.sh
-STEPS="57,821"  # the shipped model's training steps over all its stages (models/README.md; its file has the last stage's)
+STEPS="57,821"  # the shipped model's training steps in all (models/README.md; its file's meta counts only its last run)
 mkdir -p "$OUT"
 simulate us-test --subjects 8 --seed 7100 --missing complete
 

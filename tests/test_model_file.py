@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from mmhvae.errors import InputError
 from mmhvae.inference.predict import prepare_for_model
 from mmhvae.inference.synthesis import synthesise
 from mmhvae.io.layouts import discover_subjects
@@ -19,6 +21,8 @@ from mmhvae.model_file import load_model_file, save_model_file, weights_checksum
 from mmhvae.preprocessing.prepare import PreprocessConfig
 
 from conftest import phantom_subject
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "phantom-tiny.pt"
 
 SMALL = MMHVAEConfig(image_size=32, num_pool=3, latent_channels=(2, 4, 4), global_latent=8, base_features=4,
                      max_features=8, decoder_blocks=1)
@@ -49,7 +53,7 @@ def test_cpu_inference_layout_gives_the_default_layouts_syntheses(method, tmp_pa
 
 
 def test_channels_last_is_chosen_where_it_was_measured_faster():
-    """README, Performance: faster on CPUs for MMHVAE and the methods built like it, not for MM-GAN or ResViT."""
+    """docs/performance.md: faster on CPUs for MMHVAE and the methods built like it, not for MM-GAN or ResViT."""
     chosen = {method: build_network(network_config_for_method(method, SMALL).to_dict()).cpu_inference_channels_last
               for method in METHODS}
     assert chosen == {method: method not in ("mmgan", "resvit") for method in METHODS}
@@ -60,3 +64,28 @@ def test_the_weights_checksum_does_not_depend_on_the_memory_layout():
     network = build_network(SMALL.to_dict())
     plain = weights_checksum(network.state_dict())
     assert weights_checksum(network.to(memory_format=torch.channels_last).state_dict()) == plain
+
+
+def test_a_model_file_that_does_not_name_its_input_normalisation_gets_ours(tmp_path):
+    """The shipped model (written before preprocessing named the input normalisation) and its like."""
+    assert "input_normalisation" not in torch.load(SHIPPED_MODEL, weights_only=True)["preprocess"]
+    assert load_model_file(SHIPPED_MODEL).preprocess.input_normalisation == "mmhvae"
+    path = save_model_file(tmp_path / "ours.pt", build_network(SMALL.to_dict()),
+                           PreprocessConfig(modalities=SMALL.modalities, image_size=32))
+    payload = torch.load(path, weights_only=True)
+    assert payload["preprocess"]["input_normalisation"] == "mmhvae"
+    del payload["preprocess"]["input_normalisation"]
+    torch.save(payload, tmp_path / "earlier.pt")
+    assert load_model_file(tmp_path / "earlier.pt").preprocess == load_model_file(path).preprocess
+
+
+def test_an_unknown_input_normalisation_is_an_input_error_naming_the_file(tmp_path):
+    path = save_model_file(tmp_path / "ours.pt", build_network(SMALL.to_dict()),
+                           PreprocessConfig(modalities=SMALL.modalities, image_size=32))
+    payload = torch.load(path, weights_only=True)
+    payload["preprocess"]["input_normalisation"] = "z-score"
+    torch.save(payload, path)
+    with pytest.raises(InputError, match="section 'preprocess': input_normalisation must be one of mmhvae, authors, "
+                                         "got 'z-score'") as error:
+        load_model_file(path)
+    assert error.value.path == path

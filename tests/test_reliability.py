@@ -86,8 +86,8 @@ def test_fuzzed_configs_load_or_give_an_input_error(tmp_path, document):
 
 WRITER = """
 import sys, numpy as np
-from mmhvae.files import write_text_atomic
-from mmhvae.io import new_volume, write_volume
+from mmhvae.io.files import write_text_atomic
+from mmhvae.io.volumes import new_volume, write_volume
 target = sys.argv[1]
 volume = new_volume(np.zeros((40, 40, 20), np.float32), np.eye(4))
 open(target + '.started', 'w').close()

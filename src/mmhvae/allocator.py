@@ -3,7 +3,7 @@
 glibc serves every allocation above its mmap threshold (128 KiB, rising to 32 MiB as it adapts) with fresh
 pages from the kernel and hands them back on free, and it trims the top of its heap once enough of it is free.
 At 192x192 a forward pass, and more so a training step, allocates and frees gigabytes of activations, so each
-one page-faults and zero-fills them again. Session 9, paper setting, 2 cores, float32: 27.8 million minor
+one page-faults and zero-fills them again. Measured at the paper setting, 2 cores, float32: 27.8 million minor
 faults for the inference figures of `mmhvae benchmark` (batch 1 and 16, the 15-subset slab) without the
 settings below, 0.8 million with them; batch-16 inference went from 745 to 222 ms per slice, and a training
 step of batch 4 (T = 3, activation checkpointing of 6 levels) from 16 s with 1.5-2 million faults to 8.9 s

@@ -3,6 +3,9 @@
 A YAML file has up to three sections, `model`, `data` and `train`; anything it leaves out keeps the
 preset's value. Unknown or wrongly typed fields are input errors naming the file and the field. The exact
 configuration of a run is written next to its checkpoints (`config.yaml`).
+
+`with_method` switches a configuration to another method of `mmhvae train --method` (methods.py): that
+method's network and, under the values a file sets itself, its training recipe.
 """
 
 from __future__ import annotations
@@ -79,12 +82,14 @@ class TrainConfig:
     # With `--init-from` a model file whose architecture differs only in these parts: fit new parts onto a
     # trained model without disturbing what it has learned.
     trainable: tuple[str, ...] = ()
-    # What is trained (`mmhvae train --method`): mmhvae, or a baseline of Section 4.3-4.4 (model/registry.py).
+    # What is trained (`mmhvae train --method`): mmhvae, or a baseline of Section 4.3-4.4 (methods.py).
     method: str = "mmhvae"
 
 
 @dataclass
 class RunConfig:
+    """A run's whole configuration: the network, the preprocessing of its data, and its training."""
+
     # A zero-imputation generator's configuration (a model section with `variant: mmgan`, `resvit` or `m2dn`)
     # only for the train.method of that name.
     model: NetworkConfig = field(default_factory=MMHVAEConfig)
@@ -220,11 +225,11 @@ def save_config(config: RunConfig, path: str | Path) -> None:
 
 
 def with_method(run: RunConfig, method: str) -> RunConfig:
-    """The run configuration of `method` (model/registry.py): its network and its training recipe.
+    """The run configuration of `method` (methods.py): its network (model/registry.py) and its training recipe.
 
-    The recipe (registry.METHOD_TRAIN_RECIPES) is applied only when `run` is switched to another method (as
-    `--method` does). A config that already names `method` is taken as written (config.from_mapping gave it
-    the recipe under its own values), so a saved run's or a study variant's settings are never overwritten."""
+    The recipe (methods.METHOD_TRAIN_RECIPES) is applied only when `run` is switched to another method (as
+    `--method` does). A config that already names `method` is taken as written (`from_mapping` gave it the
+    recipe under its own values), so a saved run's or a study variant's settings are never overwritten."""
     try:
         model = network_config_for_method(method, run.model)
     except ValueError as exc:

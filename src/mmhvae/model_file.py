@@ -24,7 +24,7 @@ from mmhvae.model.authors import AuthorsMMHVAE
 from mmhvae.model.baselines.zero_imputation import ZeroImputationGenerator
 from mmhvae.model.mmhvae import MMHVAE
 from mmhvae.model.registry import MMHVAE_VARIANT, build_network
-from mmhvae.preprocessing.prepare import PreprocessConfig
+from mmhvae.preprocessing.prepare import AUTHORS_INPUT_NORMALISATION, PreprocessConfig
 
 FORMAT = "mmhvae-model"
 FORMAT_VERSION = 1
@@ -126,15 +126,29 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> Loa
         model.load_state_dict(payload["state_dict"])
     except (ValueError, TypeError, RuntimeError) as exc:
         raise InputError(f"model file does not match its configuration ({str(exc).splitlines()[0]})", path) from None
-    preprocess = _update(PreprocessConfig(), payload["preprocess"], "preprocess", str(path))
+    preprocess = _update(PreprocessConfig(), recorded_preprocessing(payload), "preprocess", str(path))
     return LoadedModel(for_inference(model, torch.device(device)), preprocess, payload.get("meta", {}))
+
+
+def recorded_preprocessing(payload: dict[str, Any]) -> Any:
+    """The preprocessing settings a model file records, with the input normalisation its network expects.
+
+    Files written by earlier versions do not name the input normalisation: those of `import-authors` (network
+    variant "authors") were always prepared with the authors' normalisation, every other with ours (the
+    default of PreprocessConfig).
+    """
+    values = payload["preprocess"]
+    if (isinstance(values, dict) and "input_normalisation" not in values
+            and payload["model_config"].get("variant") == AUTHORS_VARIANT):
+        values = values | {"input_normalisation": AUTHORS_INPUT_NORMALISATION}
+    return values
 
 
 def for_inference(model: nn.Module, device: torch.device) -> nn.Module:
     """The network on `device` in eval mode, in channels-last on CPUs where that was measured faster.
 
     Same outputs up to float rounding (tests); training keeps the default layout, which is faster there
-    at the paper setting (README, Performance).
+    at the paper setting (docs/performance.md).
     """
     model = model.to(device).eval()
     if device.type == "cpu" and getattr(model, "cpu_inference_channels_last", False):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import warnings
 
 import numpy as np
+import pytest
 
-from mmhvae.cli.main import main, show_warnings_to_users
+from mmhvae.cli.common import show_warnings_to_users
+from mmhvae.cli.main import main
 
 from conftest import brain_like, huge_header_file, make_subject, write_nifti
 
@@ -96,3 +99,47 @@ def test_warnings_name_their_library_and_hide_its_deprecation_notices(capsys):
     assert capsys.readouterr().err.splitlines() == [
         "mmhvae: warning (from lightning): no GPU found",
         "mmhvae: warning: old option"]
+
+
+def test_evaluate_folds_refuses_to_overwrite_results(tmp_path, capsys):
+    (tmp_path / "cv").mkdir()
+    (tmp_path / "cv" / "metrics.csv").write_text("")
+    assert main(["evaluate", "--data", str(tmp_path), "--out", str(tmp_path / "cv"), "--folds", "2"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"mmhvae: error: {tmp_path / 'cv'}: the output folder already has results (use --overwrite)"
+
+
+def test_help_does_not_import_torch():
+    # `mmhvae --help` builds every verb's parser; torch would cost seconds before the first line appears.
+    code = ("import contextlib, io, sys\n"
+            "from mmhvae.cli.main import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as help_text:\n"
+            "    try:\n"
+            "        main(['--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "print('usage: mmhvae' in help_text.getvalue(), 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "False"]
+
+
+@pytest.fixture
+def mmhvae_logger():
+    """The `mmhvae` logger, with its handlers and level restored after the test."""
+    logger = logging.getLogger("mmhvae")
+    handlers, level = list(logger.handlers), logger.level
+    yield logger
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+
+
+def test_progress_messages_appear_on_stdout_once_however_often_main_runs(tmp_path, capsys, mmhvae_logger):
+    make_subject(tmp_path / "a", ("us",))
+    assert main(["check", "--data", str(tmp_path)]) == 0
+    assert main(["check", "--data", str(tmp_path)]) == 0  # a second call in the same process
+    capsys.readouterr()
+    library = logging.getLogger("mmhvae.inference.predict")
+    library.info("case1: inputs us -> t2")
+    library.debug("a detail for developers")
+    assert capsys.readouterr().out == "case1: inputs us -> t2\n"
+    assert mmhvae_logger.propagate

@@ -169,3 +169,15 @@ def test_a_bad_subject_is_refused_before_any_subject_is_scored(setup, tmp_path, 
     assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
                  "--no-lpips"]) == 0
     assert "note: 1 of 2 subjects (sub01) have no targets/ folder" in capsys.readouterr().out
+
+
+def test_models_with_other_input_normalisations_share_a_table_but_not_other_preprocessing():
+    import dataclasses
+
+    from mmhvae.evaluation.scoring import same_targets
+    from mmhvae.preprocessing.prepare import PreprocessConfig
+
+    ours = PreprocessConfig(image_size=64)
+    assert same_targets(dataclasses.replace(ours, input_normalisation="authors"), ours)
+    assert not same_targets(dataclasses.replace(ours, input_percentile=99.0), ours)
+    assert not same_targets(dataclasses.replace(ours, image_size=32), ours)

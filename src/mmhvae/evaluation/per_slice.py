@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Scores of whole volumes as the paper reports them (Section 4.4.1): PSNR, SSIM and LPIPS of every 2D slice
+that has pixels in the mask, and their mean over the slices of a subject."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 
 from mmhvae.evaluation.lpips import lpips_distance, lpips_distances
-from mmhvae.evaluation.metrics import DataRange, _check_pair, masked_psnr, masked_ssim
+from mmhvae.evaluation.metrics import DataRange, check_pair, masked_psnr, masked_ssim
 
 # ---------------------------------------------------------------------------------------------
 # Per-slice, per-volume and per-subject helpers
@@ -50,7 +51,7 @@ def volume_metrics(
     is taken per slice (as in the authors' evaluation).
     """
     pred3d, target3d, mask3d = np.asarray(pred3d), np.asarray(target3d), np.asarray(mask3d)
-    _check_pair(pred3d, target3d, mask3d, ndim=3)
+    check_pair(pred3d, target3d, mask3d, ndim=3)
     results = []
     for index in range(mask3d.shape[axis]):
         mask2d = np.take(mask3d, index, axis=axis)

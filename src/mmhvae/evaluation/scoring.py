@@ -1,7 +1,10 @@
-"""TODO docstring."""
+"""Scoring of `mmhvae evaluate`: every input subset x every present target of each test subject, per slice
+(Section 4.4.1), for one or more model files, plus the mean-image floor computed on a training set."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -12,12 +15,13 @@ from mmhvae.errors import InputError
 from mmhvae.evaluation.per_slice import volume_metrics
 from mmhvae.inference.synthesis import DEFAULT_TEMPERATURE, synthesise
 from mmhvae.io.layouts import SubjectFiles
-from mmhvae.io.subjects import load_subject
 from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, subset_label
 from mmhvae.model_file import LoadedModel, load_model_file
-from mmhvae.preprocessing.prepare import PreparedSubject, load_prepared
+from mmhvae.preprocessing.prepare import PreparedSubject, PreprocessConfig, load_prepared
 
 CSV_FIELDS = ("subject", "slice", "method", "inputs", "target", "task", "psnr", "ssim", "lpips")
+
+log = logging.getLogger(__name__)
 
 
 def score(prediction: np.ndarray, target: np.ndarray, fov: np.ndarray, with_lpips: bool) -> list[dict]:
@@ -86,15 +90,9 @@ def evaluate_mean_image(mean: np.ndarray, prepared: PreparedSubject, modalities:
 
 
 def prepared_for_evaluation(files: SubjectFiles, loaded: LoadedModel) -> PreparedSubject:
-    """Inputs, harmonised targets and FOV on the model grid; an authors' model gets its own input normalisation."""
-    prepared = load_prepared(files, loaded.preprocess)
-    if loaded.variant == "authors":
-        from mmhvae.preprocessing.authors import prepare_subject_authors
-
-        subject = load_subject(files, loaded.preprocess.modality_set, loaded.preprocess.resample_to,
-                               loaded.preprocess.nan_to_num)
-        prepared.inputs = prepare_subject_authors(subject, loaded.preprocess).inputs
-    return prepared
+    """Inputs, harmonised targets and FOV on the model grid, prepared as the model's preprocessing says (its
+    input normalisation included)."""
+    return load_prepared(files, loaded.preprocess)
 
 
 def method_names(paths: Sequence[Path], loaded: Sequence[LoadedModel]) -> list[str]:
@@ -103,11 +101,19 @@ def method_names(paths: Sequence[Path], loaded: Sequence[LoadedModel]) -> list[s
     return [f"{name} ({Path(path).stem})" if names.count(name) > 1 else name for name, path in zip(names, paths)]
 
 
+def same_targets(a: PreprocessConfig, b: PreprocessConfig) -> bool:
+    """Whether two models' preprocessing gives the same targets and grid (all settings but the inputs')."""
+    return dataclasses.replace(a, input_normalisation=b.input_normalisation) == b
+
+
 def load_models(paths: Sequence[str | Path]) -> list[LoadedModel]:
-    """Model files to compare in one table: the same modalities and preprocessing, or an input error."""
+    """Model files to compare in one table: the same modalities and preprocessing, or an input error.
+
+    The input normalisation may differ (the authors' network beside ours): each model prepares its own inputs,
+    and the targets every model is scored against do not depend on it."""
     models = [load_model_file(p) for p in paths]
     for path, other in zip(paths[1:], models[1:]):
-        if other.preprocess != models[0].preprocess or other.modalities != models[0].modalities:
+        if not same_targets(other.preprocess, models[0].preprocess) or other.modalities != models[0].modalities:
             raise InputError("models compared in one table need the same modalities and preprocessing as "
                              f"{paths[0]}", path)
     return models
@@ -126,7 +132,7 @@ def evaluation_rows(models: Sequence[LoadedModel], names: Sequence[str], subject
             rows += subject_rows
         if mean is not None:
             rows += evaluate_mean_image(mean, prepared, models[0].modalities)
-        print(f"{files.name}: {len(subject_rows)} slice scores per model")
+        log.info(f"{files.name}: {len(subject_rows)} slice scores per model")
     return rows
 
 

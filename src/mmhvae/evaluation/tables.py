@@ -1,8 +1,10 @@
-"""TODO docstring."""
+"""Markdown tables of the evaluation (Table I per input combination, Table II per ablation group, the
+per-method summary and the margin over the mean-image floor), and the one Markdown table writer that every
+table of the package uses."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -10,20 +12,36 @@ from mmhvae.evaluation.metrics import SCALE_NOTE
 from mmhvae.evaluation.statistics import SIGNIFICANCE_LEVEL, significantly_best, subject_means, summarise
 
 
+def table_row(cells: Iterable[object]) -> str:
+    """One Markdown table row: '| a | b |'."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def section_row(title: str, columns: int) -> str:
+    """A row that titles the rows below it: the title in italics, then `columns` empty cells."""
+    return f"| *{title}* |" + " |" * columns
+
+
+def markdown_lines(header: Sequence[str], rows: Iterable[Iterable[object]] = ()) -> list[str]:
+    """A Markdown table as lines: the header, the '|---|' line under it, then one line per row of cells."""
+    return [table_row(header), "|" + "---|" * len(header)] + [table_row(cells) for cells in rows]
+
+
 def floor_comparison(rows: list[dict], method: str = "mmhvae", floor: str = "mean-image") -> str:
     """Markdown: for every (inputs, target), subject-averaged PSNR/SSIM of `method` (with the SSIM's standard
     error over subjects) and its PSNR margin over the `floor` method (the mean-image baseline)."""
     means = subject_means(rows)
-    lines = ["| inputs | target | task | subjects | PSNR | SSIM | SSIM SE | floor PSNR | margin (dB) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = markdown_lines(["inputs", "target", "task", "subjects", "PSNR", "SSIM", "SSIM SE", "floor PSNR",
+                            "margin (dB)"])
     for (name, inputs, target), entry in sorted(means.items(), key=lambda kv: (kv[0][1].count("+"), kv[0][1:])):
         if name != method:
             continue
         base = means.get((floor, inputs, target))
         base_psnr = base["psnr"] if base else float("nan")
         ssim_se = f"{entry['ssim_se']:.3f}" if np.isfinite(entry["ssim_se"]) else "-"  # one subject: no spread
-        lines.append(f"| {inputs} | {target} | {entry['task']} | {entry['subjects']} | {entry['psnr']:.2f} | "
-                     f"{entry['ssim']:.3f} | {ssim_se} | {base_psnr:.2f} | {entry['psnr'] - base_psnr:+.2f} |")
+        lines.append(table_row([inputs, target, entry["task"], entry["subjects"], f"{entry['psnr']:.2f}",
+                                f"{entry['ssim']:.3f}", ssim_se, f"{base_psnr:.2f}",
+                                f"{entry['psnr'] - base_psnr:+.2f}"]))
     return "\n".join(lines)
 
 
@@ -48,12 +66,10 @@ def method_summary(rows: list[dict], metric_names: Sequence[str] = ("psnr", "ssi
     bold = {m: significantly_best(rows, m, cell=("task",), unit=unit) for m in metric_names}
     tasks = [t for t in ("synthesis", "harmonisation") if any(r["task"] == t for r in rows)]
     header = ["method"] + [f"{t} {m.upper()}" for t in tasks for m in metric_names]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method in dict.fromkeys(r["method"] for r in rows):
-        cells = [method] + [format_cell(summary.get((method, t)), m, (method, t) in bold[m])
-                            for t in tasks for m in metric_names]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    table = [[method] + [format_cell(summary.get((method, t)), m, (method, t) in bold[m])
+                         for t in tasks for m in metric_names]
+             for method in dict.fromkeys(r["method"] for r in rows)]
+    return "\n".join(markdown_lines(header, table))
 
 
 def ablation_table(rows: list[dict], groups: Sequence[tuple[str, Sequence[tuple[str, str]]]],
@@ -65,18 +81,17 @@ def ablation_table(rows: list[dict], groups: Sequence[tuple[str, Sequence[tuple[
     Bold: significantly better than every other setting of its group (paired over subject, slice, inputs)."""
     targets = [m for m in modalities if any(r["target"] == m for r in rows)]
     header = ["setting"] + [f"{t} {m.upper()}" for t in targets for m in metric_names]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = markdown_lines(header)
     for title, members in groups:
         names = [name for _, name in members]
         chosen = [r for r in rows if r["method"] in names]
         summary = summarise(chosen, ("method", "target"))
         bold = {m: significantly_best(chosen, m, cell=("target",), unit=("subject", "slice", "inputs"))
                 for m in metric_names}
-        lines.append(f"| *{title}* |" + " |" * len(targets) * len(metric_names))
-        for label, method in members:
-            cells = [label] + [format_cell(summary.get((method, t)), m, (method, t) in bold[m])
-                                for t in targets for m in metric_names]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines.append(section_row(title, len(targets) * len(metric_names)))
+        lines += [table_row([label] + [format_cell(summary.get((method, t)), m, (method, t) in bold[m])
+                                       for t in targets for m in metric_names])
+                  for label, method in members]
     return "\n".join(lines)
 
 
@@ -91,7 +106,7 @@ def markdown_table(rows: list[dict], modalities: Sequence[str], metric_names=("p
                                                                                for k in s.split("+")]))
     targets = [m for m in modalities if any(r["target"] == m for r in rows)]
     header = ["method", "inputs"] + [f"{t} {m.upper()}" for t in targets for m in metric_names]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = markdown_lines(header)
     for method in methods:
         for inputs in subsets:
             cells = [method, inputs]
@@ -100,7 +115,7 @@ def markdown_table(rows: list[dict], modalities: Sequence[str], metric_names=("p
                 for name in metric_names:
                     cell = format_cell(entry, name, (method, inputs, target) in bold[name])
                     cells.append(f"*{cell}*" if cell and target in inputs.split("+") else cell)
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(table_row(cells))
     lines.append("")
     lines.append("Italic: harmonisation (the target is among the inputs); plain: synthesis. "
                  f"Mean (sd) over slices inside the field of view; {SCALE_NOTE}. "

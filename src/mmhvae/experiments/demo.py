@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -23,7 +24,10 @@ from mmhvae.io.layouts import discover_subjects
 from mmhvae.io.subjects import load_subject
 from mmhvae.modalities import subset_label
 from mmhvae.model_file import load_model_file
+from mmhvae.phantom.cohort import simulate_cohort
 from mmhvae.preprocessing.prepare import load_prepared
+
+log = logging.getLogger(__name__)
 
 DEMO_SEED = 9_000  # the shipped model was trained on seeds < 1000 (models/README.md)
 SHIPPED_MODEL = "models/phantom-tiny.pt"
@@ -38,20 +42,19 @@ def find_shipped_model() -> Path:
 
 
 def run_demo(out: str | Path = "demo-output", model: str | Path | None = None, subjects: int = 2) -> Path:
-    from mmhvae.phantom.cohort import simulate_cohort
-
+    """Steps 1-3 above into `out` (its cohort/ is simulated afresh); returns `out`."""
     out = Path(out)
     loaded = load_model_file(model or find_shipped_model())
     modalities = loaded.modalities
     cohort = out / "cohort"
     if cohort.exists():
         shutil.rmtree(cohort)
-    print(f"1/3 simulating {subjects} held-out phantom subjects (seed {DEMO_SEED}) in {cohort}")
+    log.info(f"1/3 simulating {subjects} held-out phantom subjects (seed {DEMO_SEED}) in {cohort}")
     simulate_cohort(cohort, subjects=subjects, modalities=modalities, size=loaded.model.config.image_size,
                     seed=DEMO_SEED, missing="complete")
     files = discover_subjects(cohort)[0]
     prepared = load_prepared(files, loaded.preprocess)
-    print(f"2/3 predicting every modality from all {2 ** len(modalities) - 1} input subsets of {files.name}")
+    log.info(f"2/3 predicting every modality from all {2 ** len(modalities) - 1} input subsets of {files.name}")
     rows, predictions = evaluate_subject(loaded, prepared, "mmhvae", with_lpips=False)
     grid = load_subject(files, modalities).reference
     for subset, images in predictions.items():
@@ -62,7 +65,7 @@ def run_demo(out: str | Path = "demo-output", model: str | Path | None = None, s
               f"{files.name}, slice {k}: every modality from every input subset (T = 0.5)")
     table = markdown_table(rows, list(modalities))
     write_text_atomic(out / "table.md", f"# Demo: {files.name}, shipped model, temperature 0.5\n\n{table}\n")
-    print("3/3 PSNR (dB) / SSIM inside the field of view, mean over slices:")
-    print(table)
-    print(f"\noutputs: {out / 'predictions'} (NIfTI), {out / 'fig3.png'} (figure), {out / 'table.md'} (table)")
+    log.info("3/3 PSNR (dB) / SSIM inside the field of view, mean over slices:")
+    log.info(table)
+    log.info(f"\noutputs: {out / 'predictions'} (NIfTI), {out / 'fig3.png'} (figure), {out / 'table.md'} (table)")
     return out

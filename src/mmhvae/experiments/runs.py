@@ -1,19 +1,33 @@
-"""TODO docstring."""
+"""The models of a study and their scores, each computed once: a variant is trained in a run folder named by
+its whole configuration (reused when finished, resumed when interrupted), and its scores on a test set are
+cached next to the runs, so an interrupted or repeated study redoes nothing it already has."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mmhvae.config import RunConfig, save_config
 from mmhvae.evaluation.evaluate import write_csv
-from mmhvae.evaluation.scoring import evaluation_rows, load_models, training_mean_images
+from mmhvae.evaluation.scoring import (
+    evaluate_mean_image,
+    evaluation_rows,
+    load_models,
+    prepared_for_evaluation,
+    training_mean_images,
+)
 from mmhvae.experiments.variants import Variant
 from mmhvae.io.layouts import SubjectFiles
+from mmhvae.model_file import load_model_file
+from mmhvae.performance.cost import parameter_count
+from mmhvae.training.trainer import train
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
 
@@ -29,6 +43,7 @@ SPEED_ONLY_TRAIN_SETTINGS = ("compile",)
 
 
 def config_digest(run: RunConfig) -> str:
+    """Eight hex digits that change with every setting of the run that changes what it learns."""
     settings = run.to_dict()
     settings["train"] = {k: v for k, v in settings["train"].items() if k not in SPEED_ONLY_TRAIN_SETTINGS}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -40,27 +55,22 @@ def train_variant(variant: Variant, data: Path, runs: Path, base: RunConfig, max
 
     The run folder's name carries a digest of the full configuration, so a changed setting never reuses
     a model trained with another one."""
-    from mmhvae.training.trainer import train
-
     run = variant.run_config(base, max_steps, folds, test_fold)
     out = runs / f"{variant.name.replace('=', '')}-{config_digest(run)}"
     model = out / MODEL_FILE
     if model.is_file():
-        print(f"{variant.name}: reusing {model}")
+        log.info(f"{variant.name}: reusing {model}")
         return model
     out.mkdir(parents=True, exist_ok=True)
     resume = (out / "config.yaml").is_file()
     config = out.parent / f"{out.name}.yaml"
     save_config(run, config)
-    print(f"{variant.name}: {'resuming' if resume else 'training'} {max_steps} steps in {out}")
+    log.info(f"{variant.name}: {'resuming' if resume else 'training'} {max_steps} steps in {out}")
     return train(data, out, config, resume=resume, progress=progress)
 
 
 def run_summary(name: str, model: Path) -> dict[str, Any]:
     """Budget figures of a trained variant, from its model file's meta."""
-    from mmhvae.model_file import load_model_file
-    from mmhvae.performance.cost import parameter_count
-
     loaded = load_model_file(model)
     meta = loaded.meta
     return {"name": name, "method": meta.get("method"), "parameters": parameter_count(loaded.model),
@@ -73,6 +83,7 @@ def run_summary(name: str, model: Path) -> dict[str, Any]:
 
 
 def read_rows(path: Path) -> list[dict]:
+    """Cached score rows, with their numbers as numbers again."""
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
@@ -97,8 +108,8 @@ def scored_rows(model: Path, name: str, subjects: Sequence[SubjectFiles], cache:
 
 def mean_image_rows(model: Path, train_subjects: Sequence[SubjectFiles],
                     test_subjects: Sequence[SubjectFiles]) -> list[dict]:
-    from mmhvae.evaluation.scoring import evaluate_mean_image, prepared_for_evaluation
-
+    """Rows of the mean-image floor: the training subjects' mean image of each target, scored on the test
+    subjects as a model would be."""
     (loaded,) = load_models([model])
     mean = training_mean_images(train_subjects, loaded)
     rows = []

@@ -1,5 +1,5 @@
-"""Studies that train several models and compare them: cross-validation (Table I), the ablation study
-(Table II) and the phantom benchmark page that gathers both (Section 4.4).
+"""Studies that train several models and compare them: cross-validation (Table I) and the ablation study
+(Table II) of Section 4.4; the phantom benchmark page that gathers both is experiments/phantom_benchmark.py.
 
 Every model of a study is trained by the same `mmhvae train` code path, with the same data, batch size,
 seed and number of steps (equal training budgets), in a run folder of its own under the study's folder.
@@ -9,6 +9,7 @@ ones resumed from their last checkpoint, so the page's numbers always come from 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,12 +25,15 @@ from mmhvae.io.layouts import SubjectFiles, discover_subjects
 from mmhvae.methods import METHODS
 from mmhvae.training.folds import cross_validation_split
 
+log = logging.getLogger(__name__)
+
 # ----------------------------------------------------------------------------------------------------
 # The studies
 # ----------------------------------------------------------------------------------------------------
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
+    """The methods named, each once and in order; unknown names and an empty list are refused."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise InputError(f"--methods: unknown {unknown or 'empty list'}; methods: {', '.join(METHODS)}")
@@ -53,7 +57,7 @@ def crossvalidate(data: str | Path, out: str | Path, config: str | Path = "tiny"
     for fold in range(folds):
         train_subjects, test_subjects = cross_validation_split(data, base.data.modality_set, folds, fold,
                                                                base.train.seed)
-        print(f"fold {fold + 1}/{folds}: {len(train_subjects)} training, {len(test_subjects)} test subjects")
+        log.info(f"fold {fold + 1}/{folds}: {len(train_subjects)} training, {len(test_subjects)} test subjects")
         runs = out / f"fold-{fold}"
         models = [train_variant(Variant(m, m), data, runs, base, steps, folds, fold) for m in methods]
         for method, model in zip(methods, models):
@@ -87,7 +91,7 @@ def ablate(data: str | Path, out: str | Path, config: str | Path = "tiny", max_s
     write_csv(out / "ablation.csv", rows)
     where = f"fold {fold} of {folds}" if folds_used else f"test subjects of {test_data}"
     write_text_atomic(out / "ablation.md", f"# Ablation study (Table II), {where}\n\n{table}\n")
-    print(table)
+    log.info(table)
     return table
 
 
@@ -104,6 +108,7 @@ def held_out_split(data: Path, base: RunConfig, test_data: str | Path | None, fo
 
 
 def ablation_study_table(rows: list[dict], base: RunConfig, with_lpips: bool) -> str:
+    """Table II in Markdown, its three sections as in the paper, with how to read it."""
     metric_names = ("psnr", "ssim", "lpips") if with_lpips else ("psnr", "ssim")
     groups = [(title, [(label, v.name) for label, v in members]) for title, members in ablation_groups(base)]
     return ablation_table(rows, groups, base.model.modalities, metric_names) + (

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The trained models a study compares, as variants of a base configuration: each method of Table I, the
+ablations of Table II (latent groups, fusion, GAN loss; Section 4.4.2) and MM-GAN at MMHVAE's learning rate."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmhvae.config import RunConfig
+from mmhvae.config import RunConfig, with_method
 from mmhvae.methods import METHODS
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One trained model of a study: a method (model/registry.py) plus network and training overrides."""
+    """One trained model of a study: a method (methods.py) plus network and training overrides."""
 
     name: str
     method: str
@@ -21,8 +22,7 @@ class Variant:
     train: dict[str, Any] = field(default_factory=dict)
 
     def run_config(self, base: RunConfig, max_steps: int, folds: int | None = None, test_fold: int = 0) -> RunConfig:
-        from mmhvae.config import with_method
-
+        """`base` trained as this variant's method, with its overrides and the study's budget and fold."""
         run = with_method(base, self.method)
         model = dataclasses.replace(run.model, **self.model)
         train = dataclasses.replace(run.train, **self.train, max_steps=max_steps, folds=folds, test_fold=test_fold)
@@ -31,7 +31,7 @@ class Variant:
 
 BASELINES = tuple(Variant(method, method) for method in METHODS)
 
-# A check that MM-GAN is not handicapped by its own recipe (Adam at a constant 2e-4, registry.METHOD_TRAIN_RECIPES)
+# A check that MM-GAN is not handicapped by its own recipe (Adam at a constant 2e-4, methods.METHOD_TRAIN_RECIPES)
 # at CPU budgets: the same baseline at MMHVAE's learning-rate schedule (2e-3, cosine to 1e-4).
 MMGAN_AT_OUR_LR = Variant("mmgan-lr2e-3", "mmgan", train={"lr": 2e-3, "lr_final": 1e-4})
 

@@ -4,10 +4,11 @@
 ReubenDo/MMHVAE, trained on ReMIND fold 0) into our model file, holding the `authors` variant
 (`mmhvae.model.authors`). Nothing is downloaded: the user fetches the checkpoint from their repository.
 
-Their conventions, recorded in the model file's meta and applied by `mmhvae predict`:
+Their conventions, recorded in the model file (its preprocessing and meta) and applied by `mmhvae predict`
+and `mmhvae evaluate`:
 - modality keys us, t2, cet1, flair (ours: us, t2, t1c, flair), passed to the network in that order;
-- input normalisation of their utilities/dataset.py (`normalise_input_authors`), which differs slightly
-  from ours (`harmonize.normalise_input`, see there);
+- input normalisation of their utilities/dataset.py (`preprocessing.authors`), which differs slightly
+  from ours (`preprocessing.intensity.normalise_input`, see there);
 - outputs on the scale 2t - 1 of the harmonised intensities t (their pred.py writes 255 t as integers;
   we write t, as for our own models);
 - inference temperature 0.7 in their pred.py (paper and our default: 0.5).
@@ -21,15 +22,14 @@ from pathlib import Path
 
 import torch
 
-from mmhvae.errors import InputError
+from mmhvae.errors import InputError, refuse_to_overwrite
 from mmhvae.model.authors import AuthorsConfig, AuthorsMMHVAE
 from mmhvae.model_file import load_failure, save_model_file
 from mmhvae.preprocessing.intensity import INPUT_PERCENTILE
-from mmhvae.preprocessing.prepare import PreprocessConfig
+from mmhvae.preprocessing.prepare import AUTHORS_INPUT_NORMALISATION, PreprocessConfig
 
 AUTHORS_REPOSITORY = "https://github.com/ReubenDo/MMHVAE"
 AUTHORS_TEMPERATURE = 0.7
-INPUT_NORMALISATION = "authors"
 # How many key names an error message lists before it says "and N more".
 _LISTED = 6
 
@@ -87,8 +87,7 @@ def import_authors(checkpoint: str | Path, out: str | Path, config: AuthorsConfi
         raise InputError("checkpoint file does not exist", checkpoint)
     if out.is_dir():
         raise InputError("is a folder; give the model file to write, e.g. authors.pt", out)
-    if out.exists() and not overwrite:
-        raise InputError("already exists (use --overwrite)", out)
+    refuse_to_overwrite(out, overwrite)
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -98,13 +97,14 @@ def import_authors(checkpoint: str | Path, out: str | Path, config: AuthorsConfi
     model = AuthorsMMHVAE(config)
     model.load_state_dict(state)
     preprocess = PreprocessConfig(modalities=config.modalities, input_percentile=INPUT_PERCENTILE,
-                                  crop_to_ultrasound_fov=True, image_size=config.image_size)
+                                  crop_to_ultrasound_fov=True, image_size=config.image_size,
+                                  input_normalisation=AUTHORS_INPUT_NORMALISATION)
     meta = {
         "source": f"authors' released checkpoint ({AUTHORS_REPOSITORY})",
         "checkpoint": checkpoint.name,
         "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
         "modality_mapping": dict(zip(config.checkpoint_keys, config.modalities)),
-        "input_normalisation": INPUT_NORMALISATION,
+        "input_normalisation": AUTHORS_INPUT_NORMALISATION,
         "input_normalisation_note": "per volume: foreground > 0, clip at its 99.95th percentile, min-max to "
                                     "[-255/256, 1], background -1 (their utilities/dataset.py)",
         "output_scaling": "network output y in [-1, 1] is 2t - 1 of the harmonised intensity t; predict writes t "

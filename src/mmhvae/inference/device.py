@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Where and at which precision the networks run: the --device and --precision options of predict and
+evaluate."""
 
 from __future__ import annotations
 

@@ -1,19 +1,19 @@
-"""Inference: any subset of a subject's modalities in, every modality out, on the input grid.
+"""`mmhvae predict`: a subject's images in, every modality of the model out, on the subject's own grid.
 
-Each present modality is encoded once per slice batch and its features are reused for every requested
-subset and sample (the subsets and samples are batched into one decoding pass). At temperature T the
-posterior standard deviations are scaled by T (0.5 by default, Section 4.2); `samples` > 1 returns the
-mean of the samples and a per-voxel standard deviation map.
+A subject is prepared as the model file says (`prepare_for_model`), synthesised (`synthesis`), and written as
+NIfTI on the subject's grid and header: harmonised intensities, 0 outside the field of view. Every subject of a
+folder is read and checked before anything is written.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from mmhvae.errors import InputError
+from mmhvae.errors import InputError, refuse_to_overwrite
 from mmhvae.inference.device import resolve_device, resolve_precision
 from mmhvae.inference.synthesis import DEFAULT_TEMPERATURE, check_sampling, synthesise
 from mmhvae.io.layouts import discover_subjects
@@ -21,10 +21,11 @@ from mmhvae.io.subjects import Subject, load_subject, read_every_subject_first
 from mmhvae.io.volumes import Volume, write_volume
 from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, parse_modality_list, subset_label
 from mmhvae.model_file import LoadedModel, load_model_file
-from mmhvae.preprocessing.authors import prepare_subject_authors
 from mmhvae.preprocessing.grid import centre_pad_crop
 from mmhvae.preprocessing.intensity import network_to_target
 from mmhvae.preprocessing.prepare import PreparedSubject, prepare_subject
+
+log = logging.getLogger(__name__)
 
 
 def to_intensities(image: np.ndarray, fov: np.ndarray) -> np.ndarray:
@@ -40,7 +41,8 @@ def back_to_grid(array: np.ndarray, grid_shape: tuple[int, ...], fill: float) ->
 
 
 def prepare_for_model(subject: Subject, loaded: LoadedModel, inputs: Subset | None = None) -> PreparedSubject:
-    """Inputs of a subject on the model's grid, restricted to `inputs` (if given) among present modalities."""
+    """Inputs of a subject prepared as the model's preprocessing says (its grid, its input normalisation),
+    restricted to `inputs` (if given) among present modalities."""
     if inputs is not None:
         unknown = [k for k in inputs if k not in subject.volumes]
         if unknown:
@@ -48,8 +50,6 @@ def prepare_for_model(subject: Subject, loaded: LoadedModel, inputs: Subset | No
                              subject.reference.path.parent if subject.reference.path else None)
         subject = Subject(subject.name, {k: v for k, v in subject.volumes.items() if k in inputs}, subject.files,
                           subject.seg, subject.tissue, subject.targets)
-    if loaded.variant == "authors":  # their network was trained on their own input normalisation
-        return prepare_subject_authors(subject, loaded.preprocess)
     return prepare_subject(subject, loaded.preprocess, with_targets=False)
 
 
@@ -123,8 +123,8 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
             raise InputError(f"--compile: this {loaded.variant} network cannot be compiled block by block", model)
         loaded.model.compile_blocks()
     if loaded.recorded_temperature is not None and loaded.recorded_temperature != temperature:
-        print(f"note: this model's authors ran it at temperature {loaded.recorded_temperature:g}; this run uses "
-              f"{temperature:g} (set --temperature to change it)")
+        log.info(f"note: this model's authors ran it at temperature {loaded.recorded_temperature:g}; this run uses "
+                 f"{temperature:g} (set --temperature to change it)")
     subjects = discover_subjects(input_dir)
     out = Path(out)
     wanted = parse_modality_list(inputs) if inputs is not None else None  # '' is refused, not 'every input'
@@ -136,8 +136,8 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
                              f"({','.join(loaded.modalities)}); drop --strict to ignore them",
                              files.modalities[unknown[0]])
         existing = out / files.name
-        if existing.is_dir() and any(existing.iterdir()) and not overwrite:
-            raise InputError(f"output for subject '{files.name}' already exists (use --overwrite)", existing)
+        refuse_to_overwrite(existing, overwrite, exists=existing.is_dir() and any(existing.iterdir()),
+                            problem=f"output for subject '{files.name}' already exists")
     read_every_subject_first(subjects, lambda files: prepare_for_model(
         load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num), loaded, used))
     written = []
@@ -148,7 +148,7 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
         if overwrite:
             remove_earlier_predictions(out / files.name, paths, loaded.modalities)
         label = subset_label(used or subject.present(ModalitySet(loaded.modalities)))
-        print(f"{files.name}: inputs {'every subset of ' if all_subsets else ''}{label} -> "
-              f"{len(paths)} files in {out / files.name}")
+        log.info(f"{files.name}: inputs {'every subset of ' if all_subsets else ''}{label} -> "
+                 f"{len(paths)} files in {out / files.name}")
         written += paths
     return written

@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""Synthesis: every modality from any subset of a prepared subject's modalities, slice by slice.
+
+Each present modality is encoded once per slice batch and its features are reused for every requested
+subset and sample (the subsets and samples are batched into one decoding pass). At temperature T the
+posterior standard deviations are scaled by T (0.5 by default, Section 4.2); `samples` > 1 returns the
+mean of the samples and a per-voxel standard deviation map.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""Subject discovery: which files of a data folder are which subject's modalities, labels and targets.
+
+Nothing is read here but file names. Layouts (docs/data.md), a missing file meaning a missing modality:
+- canonical: DATA/<subject>/<modality>.nii.gz, optional seg.nii.gz, tissue.nii.gz and harmonised
+  targets in DATA/<subject>/targets/<modality>.nii.gz;
+- flat (the authors'): DATA/<subject>-<modality>.nii.gz;
+- BraTS: DATA/<subject>/<subject>-{t1n,t1c,t2w,t2f,seg}.nii.gz.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +18,6 @@ from mmhvae.modalities import ModalitySet, Subset, canonical_key
 
 LABEL_NAMES = ("seg", "tissue")
 TARGETS_FOLDER = "targets"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Subject discovery
-# ----------------------------------------------------------------------------------------------------
 
 
 @dataclass

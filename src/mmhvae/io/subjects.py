@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""A subject in memory: its modalities, labels and harmonised targets read onto one grid.
+
+Images on different grids are refused, or resampled onto one modality's grid (--resample-to); a subject too
+large for the memory is refused from its headers before any voxel is read.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,6 @@ from mmhvae.errors import InputError
 from mmhvae.io.layouts import SubjectFiles
 from mmhvae.io.volumes import WORKING_COPIES, Volume, check_fits_in_memory, header_voxels, read_volume, resample_onto
 from mmhvae.modalities import ModalitySet, Subset
-
-# ----------------------------------------------------------------------------------------------------
-# Subjects in memory
-# ----------------------------------------------------------------------------------------------------
 
 
 @dataclass

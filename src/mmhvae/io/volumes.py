@@ -1,14 +1,8 @@
-"""NIfTI input/output with the full header, subject discovery over three layouts, and the Subject object.
+"""NIfTI volumes with their full header: reading, writing, resampling, and refusing what cannot fit in memory.
 
 Geometry travels with the array: a Volume holds the voxel array exactly as stored (no reorientation)
 together with its affine and NIfTI header, and every output is written with a copy of that header,
 so affine, qform/sform (and their codes), zooms and units survive bit-exact.
-
-Layouts read (design.md), a missing file meaning a missing modality:
-- canonical: DATA/<subject>/<modality>.nii.gz, optional seg.nii.gz, tissue.nii.gz and harmonised
-  targets in DATA/<subject>/targets/<modality>.nii.gz;
-- flat (the authors'): DATA/<subject>-<modality>.nii.gz;
-- BraTS: DATA/<subject>/<subject>-{t1n,t1c,t2w,t2f,seg}.nii.gz.
 """
 
 from __future__ import annotations

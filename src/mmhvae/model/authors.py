@@ -4,13 +4,14 @@ This is a compatibility architecture, the `authors` variant: it computes exactly
 computes, and its state_dict has their key names (`first_conv.us.weight`,
 `conv_blocks_context.us.0.conv_0.weight`, `qz.0.last_conv.parametrizations.weight.original0`, ...), so
 their `CP_main_1000.pth` loads into it unchanged. Module attributes are therefore named after their
-checkpoint keys, not in our usual style. For our own training use `mmhvae.model.mmhvae.MMHVAE`, whose
+checkpoint keys, not in our usual style; the blocks are in model/authors_blocks.py. It has the interface of
+every synthesis network (model/interface.py). For our own training use `MMHVAE` (model/mmhvae.py), whose
 defaults follow the paper.
 
 What differs from our MMHVAE (each difference is a named piece below; the rest reuses our code):
 
 - Expert heads and priors output a mean and a log standard deviation (not a log-variance), both
-  soft-clamped at 10 (`gaussian_from_log_scale`).
+  soft-clamped at 10 (`distributions.gaussian_from_log_scale`).
 - Experts are fused with the prior by inverse standard deviation, not Eq. 14's inverse variance
   (`distributions.inverse_std_fusion`, shared with our `fusion: inverse_std` option).
 - One posterior head per level, shared by all modalities (`AuthorsPosteriorHead`), applied to
@@ -50,15 +51,8 @@ from mmhvae.model.authors_blocks import (
     weight_normed_conv1x1,
 )
 from mmhvae.model.blocks import conv3x3
-from mmhvae.model.distributions import (
-    Gaussian,
-    RowNoise,
-    inverse_std_fusion,
-    kl_divergence,
-    kl_single_sample,
-    soft_clamp,
-)
-from mmhvae.model.interface import EncodedModalities, MMHVAEOutput, PlainDictConfig
+from mmhvae.model.distributions import Gaussian, LatentSampler, RowNoise, gaussian_from_log_scale, inverse_std_fusion
+from mmhvae.model.interface import EncodedModalities, MMHVAEOutput, PlainDictConfig, SynthesisNetwork, config_checker
 
 VARIANT = "authors"
 
@@ -94,16 +88,8 @@ class AuthorsConfig(PlainDictConfig):
     fusion: ClassVar[str] = "inverse_std"
 
     def __post_init__(self) -> None:
-        self.modalities = tuple(self.modalities)
         self.checkpoint_keys = tuple(self.checkpoint_keys)
-
-        def check(condition: bool, problem: str) -> None:
-            if not condition:
-                raise ValueError(f"AuthorsConfig: {problem}")
-
-        check(self.variant == VARIANT, f"variant must be '{VARIANT}', got {self.variant!r}")
-        check(len(self.modalities) > 0, "at least one modality is needed")
-        check(len(set(self.modalities)) == len(self.modalities), f"duplicate modalities {self.modalities}")
+        check = config_checker(self, VARIANT)
         check(len(self.checkpoint_keys) == len(self.modalities),
               f"checkpoint_keys {self.checkpoint_keys} must name one module per modality {self.modalities}")
         check(self.num_pool >= 1 and self.base_features >= 2 and self.max_features >= 2,
@@ -168,18 +154,7 @@ class AuthorsConfig(PlainDictConfig):
         )
 
 
-# ----- Gaussian maths that differs from ours ------------------------------------------------------
-
-
-def gaussian_from_log_scale(params: Tensor, clamp: float, dim: int = 1) -> Gaussian:
-    """Split a head output into (mean, log standard deviation), soft-clamp both, return our Gaussian.
-
-    Authors' code: the second half is a log standard deviation (their Normal(mu, exp(s))), and the soft
-    clamp c * tanh(x / c) bounds it, not the log-variance as in our `Gaussian.from_params`. Our Gaussian
-    stores the log-variance, i.e. 2 s.
-    """
-    mean, log_scale = params.chunk(2, dim=dim)
-    return Gaussian(soft_clamp(mean, clamp), 2.0 * soft_clamp(log_scale, clamp))
+# ----- the output mask ------------------------------------------------------------------------------
 
 
 def mask_by_first_input(images: Tensor, foreground: Tensor) -> Tensor:
@@ -204,8 +179,10 @@ class AuthorsEncoded(EncodedModalities):
                               self.foreground[rows])
 
 
-class AuthorsMMHVAE(nn.Module):
+class AuthorsMMHVAE(SynthesisNetwork):
     """Their `MHVAE2D`, with their state_dict keys and our inference interface (`encode` / `decode`)."""
+
+    config_class = AuthorsConfig
 
     def __init__(self, config: AuthorsConfig):
         super().__init__()
@@ -244,21 +221,6 @@ class AuthorsMMHVAE(nn.Module):
              for k in keys}
         )
 
-    # ----- construction helpers -----------------------------------------------------------------
-
-    @classmethod
-    def from_config(cls, config: AuthorsConfig | Mapping[str, Any]) -> AuthorsMMHVAE:
-        if not isinstance(config, AuthorsConfig):
-            config = AuthorsConfig.from_dict(config)
-        return cls(config)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.config.to_dict()
-
-    @property
-    def num_modalities(self) -> int:
-        return len(self.config.modalities)
-
     # ----- bottom-up ----------------------------------------------------------------------------
 
     def encode(self, images: Tensor, present: Tensor) -> AuthorsEncoded:
@@ -268,11 +230,7 @@ class AuthorsMMHVAE(nn.Module):
         of absent modalities are ignored. present: [B, M] bool.
         """
         cfg = self.config
-        present = self._check_mask(present, images.shape[0], "present")
-        if images.ndim != 4 or images.shape[1] != self.num_modalities:
-            raise ValueError(f"images must be [B, {self.num_modalities}, H, W], got {tuple(images.shape)}")
-        if images.shape[-2:] != (cfg.image_size, cfg.image_size):
-            raise ValueError(f"images must be {cfg.image_size}x{cfg.image_size}, got {tuple(images.shape[-2:])}")
+        present = self._check_inputs(images, present)
 
         batch = images.shape[0]
         skips = [images.new_zeros(batch, self.num_modalities, cfg.features(s), cfg.image_size // 2**s,
@@ -316,21 +274,19 @@ class AuthorsMMHVAE(nn.Module):
         computed here.
         """
         cfg = self.config
-        subset = self._check_mask(subset, features.batch_size, "subset")
-        if bool((subset & ~features.present).any()):
-            raise ValueError("subset selects a modality that was not encoded (not in `present`)")
+        subset = self._check_subset(features, subset)
         kl_mode = "analytic" if kl is None else kl
         if kl_mode not in ("analytic", "sample"):
             raise ValueError(f"kl must be 'analytic' or 'sample', got {kl!r}")
-        temperature = temperature if sample else 0.0
+        sampler = LatentSampler(temperature if sample else 0.0, generator, kl_mode)
         keep = self._output_mask(features, subset, mask_modality)
 
         # Global group z_L: prior N(0, I) times the global experts (shared Linear).
         prior = Gaussian.standard_like(features.bottom.new_zeros(features.batch_size, cfg.global_latent))
         experts = self._experts(self.bottleneck_down, features.bottom, None, subset, 2 * cfg.global_latent)
         q = self._posterior(prior, experts, subset)
-        z = q.sample(temperature, generator)
-        kls = [self._kl(q, prior, z, kl_mode)]
+        z, kl_global = sampler.draw(q, prior)
+        kls = [kl_global]
         state_input = self.bottleneck_up(z)
 
         for i, level in enumerate(reversed(range(cfg.num_pool))):
@@ -338,19 +294,13 @@ class AuthorsMMHVAE(nn.Module):
             prior = gaussian_from_log_scale(self.pz[i](state), cfg.soft_clamp)
             experts = self._experts(self.qz[i], features.skips[level], state, subset, cfg.features(level))
             q = self._posterior(prior, experts, subset)
-            z = q.sample(temperature, generator)
-            kls.append(self._kl(q, prior, z, kl_mode))
+            z, kl_level = sampler.draw(q, prior)
+            kls.append(kl_level)
             state_input = z  # Markov: the next level is built from this latent only
 
         images = torch.cat([self.final_blocks[k](z) for k in cfg.checkpoint_keys], dim=1)
         kls.reverse()  # finest group first, as in the paper's numbering
         return MMHVAEOutput(mask_by_first_input(images, keep), kls, cfg.stochastic_groups, z1_mean=q.mean)
-
-    def forward(self, images: Tensor, present: Tensor, subset: Tensor | None = None, temperature: float = 1.0,
-                sample: bool = True) -> MMHVAEOutput:
-        """decode(encode(images, present), subset); subset defaults to all present modalities."""
-        features = self.encode(images, present)
-        return self.decode(features, features.present if subset is None else subset, temperature, sample)
 
     # ----- helpers ------------------------------------------------------------------------------
 
@@ -391,13 +341,3 @@ class AuthorsMMHVAE(nn.Module):
     def _posterior(self, prior: Gaussian, experts: Gaussian, subset: Tensor) -> Gaussian:
         """Authors' fusion: prior and experts weighted by inverse standard deviation (not Eq. 14)."""
         return inverse_std_fusion(prior, experts.mean, experts.logvar, subset)
-
-    @staticmethod
-    def _kl(q: Gaussian, p: Gaussian, z: Tensor, mode: str) -> Tensor:
-        per_dim = kl_divergence(q, p) if mode == "analytic" else kl_single_sample(q, p, z)
-        return per_dim.flatten(1).sum(dim=1)
-
-    def _check_mask(self, mask: Tensor, batch: int, name: str) -> Tensor:
-        if mask.shape != (batch, self.num_modalities):
-            raise ValueError(f"{name} must be [{batch}, {self.num_modalities}], got {tuple(mask.shape)}")
-        return mask.to(torch.bool)

@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""The building blocks of the authors' released network (model/authors.py): their cells, upsampling, posterior
+heads, the Linear layers of the global group and the image decoders, each computing what their `MHVAE2D`
+computes.
+
+Attribute names are their checkpoint's key names (`bn_0`, `conv_0`, `se.0`, ...), so that their
+`CP_main_1000.pth` loads unchanged; where a block does our blocks' maths (model/blocks.py), its docstring says
+so, and what differs.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,6 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from mmhvae.model.blocks import conv1x1, conv3x3, make_norm
-
-# ----- building blocks (attribute names are the checkpoint's key names) ---------------------------
 
 
 class LinearSqueezeExcitation(nn.Module):

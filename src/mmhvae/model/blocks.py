@@ -2,8 +2,9 @@
 
 The paper uses NVAE-style cells [25]: residual cells with squeeze-excitation and Swish (SiLU)
 activations; MobileNetV2-like inverted residual cells in the top-down decoder; ResNet blocks in the
-image decoders. Every block here keeps the spatial size and the channel count, so blocks can be
-stacked freely; resolution changes are done by `Downsample` / `Upsample`.
+image decoders. Every cell here keeps the spatial size and the channel count, so cells can be
+stacked freely; resolution changes are done by `Downsample` / `Upsample`. The expert heads
+(`expert_head`, Eq. 12) and the image decoders (`image_decoder`, Eq. 6) are assembled from them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class InstanceNorm2d(nn.InstanceNorm2d):
 
     Instance norm is group norm with one channel per group. torch computes instance norm by reshaping
     to [1, B*C, H, W] and calling batch norm, which makes this network's forward pass about 14 % slower
-    on CPUs (README, Performance); same maths, same parameters and state-dict keys. Other devices keep
+    on CPUs (docs/performance.md); same maths, same parameters and state-dict keys. Other devices keep
     torch's kernel until measured there (`benchmarks/bench_kernels.py`): CUDA autocast would also run
     group norm, unlike batch norm, in float32.
     """
@@ -172,3 +173,25 @@ def run_block(block: Callable[..., Any], *inputs: Tensor, recompute: bool) -> An
     if recompute and torch.is_grad_enabled():
         return checkpoint(block, *inputs, use_reentrant=False)
     return block(*inputs)
+
+
+def expert_head(in_channels: int, hidden: int, latent_channels: int) -> nn.Sequential:
+    """Residual expert h_phi (Eq. 12): features -> (mean, log-variance) of a spatial latent group."""
+    return nn.Sequential(
+        nn.SiLU(),
+        conv1x1(in_channels, hidden),
+        nn.SiLU(),
+        conv3x3(hidden, 2 * latent_channels),
+    )
+
+
+def image_decoder(in_channels: int, width: int, blocks: int, norm: str) -> nn.Sequential:
+    """mu_theta_j^x (Eq. 6): z_1 -> one image in [-1, 1] through `blocks` ResNet blocks."""
+    return nn.Sequential(
+        conv3x3(in_channels, width),
+        *(ResNetBlock(width, norm) for _ in range(blocks)),
+        make_norm(norm, width),
+        nn.SiLU(),
+        conv3x3(width, 1),
+        nn.Tanh(),
+    )

@@ -115,6 +115,17 @@ class Gaussian:
         return -0.5 * (_LOG_2PI + self.logvar + (x - self.mean) ** 2 * torch.exp(-self.logvar))
 
 
+def gaussian_from_log_scale(params: torch.Tensor, clamp: float, dim: int = 1) -> Gaussian:
+    """The authors' parameterisation (model/authors.py): split a head output into (mean, log standard deviation)
+    along `dim`, soft-clamp both, return our Gaussian.
+
+    Their second half is a log standard deviation s (their Normal(mu, exp(s))), and the soft clamp c * tanh(x / c)
+    bounds it, not the log-variance as in `Gaussian.from_params`. Our Gaussian stores the log-variance, i.e. 2 s.
+    """
+    mean, log_scale = params.chunk(2, dim=dim)
+    return Gaussian(soft_clamp(mean, clamp), 2.0 * soft_clamp(log_scale, clamp))
+
+
 def kl_divergence(q: Gaussian, p: Gaussian) -> torch.Tensor:
     """Analytic elementwise KL(q || p) between diagonal Gaussians (the regulariser of Eq. 9).
 
@@ -135,6 +146,28 @@ def kl_single_sample(q: Gaussian, p: Gaussian, z: torch.Tensor) -> torch.Tensor:
     the lower-variance analytic alternative.
     """
     return q.log_prob(z) - p.log_prob(z)
+
+
+def group_kl(q: Gaussian, p: Gaussian, z: torch.Tensor, mode: str) -> torch.Tensor:
+    """KL term of one latent group per sample, [B]: summed over the group's dimensions, analytic
+    (`mode` "analytic") or the single-sample estimate of Eq. 19 at z (`mode` "sample")."""
+    per_dim = kl_divergence(q, p) if mode == "analytic" else kl_single_sample(q, p, z)
+    return per_dim.flatten(1).sum(dim=1)
+
+
+@dataclass
+class LatentSampler:
+    """How a decoding pass draws its latent groups: z ~ q at `temperature` (0: the mean) with noise from
+    `generator`, and the KL term it reports per group, `kl_mode` "analytic" or "sample" (Eq. 19)."""
+
+    temperature: float
+    generator: torch.Generator | RowNoise | None
+    kl_mode: str
+
+    def draw(self, q: Gaussian, prior: Gaussian) -> tuple[torch.Tensor, torch.Tensor]:
+        """A sample z of q, and the group's KL term against `prior` ([B])."""
+        z = q.sample(self.temperature, self.generator)
+        return z, group_kl(q, prior, z, self.kl_mode)
 
 
 def _expand_mask(mask: torch.Tensor, ndim: int) -> torch.Tensor:

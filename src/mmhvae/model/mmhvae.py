@@ -5,11 +5,9 @@ Indexing: the paper numbers latent groups z_1 (finest, one 8-vector per pixel) t
 vector). Here the network works on spatial levels s = 0 .. num_pool-1 (resolution image_size / 2**s,
 paper group l = s + 1) plus the global group l = num_pool + 1 computed from the coarsest map.
 
-Usage, "encode once, fuse many" (what training with T subsets and 15-subset inference need):
-
-    features = model.encode(images, present)            # images [B, M, H, W], present [B, M] bool
-    out = model.decode(features, subset, temperature=0.5)  # subset [B, M] bool, subset <= present
-    out.images                                          # [B, M, H, W], every modality, in [-1, 1]
+`MMHVAE` has the interface of every synthesis network (model/interface.py): `encode` once, then `decode` any
+subsets of the encoded modalities ("encode once, fuse many", what training with T subsets and 15-subset
+inference need). Its configuration, `MMHVAEConfig`, is in model/mmhvae_config.py.
 
 Two different "concatenation with zeros" exist here, do not confuse them:
 - `encoder: "joint"` (the "Concat. w/ zeros" model of Section 4.4.2, "only one encoder is used", and the
@@ -24,9 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
 from functools import partial
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,22 +32,21 @@ from mmhvae.model.blocks import (
     DecoderCell,
     Downsample,
     EncoderCell,
-    ResNetBlock,
     Upsample,
     conv1x1,
     conv3x3,
-    make_norm,
+    expert_head,
+    image_decoder,
     run_block,
 )
-from mmhvae.model.distributions import (
-    Gaussian,
-    RowNoise,
-    inverse_std_fusion,
-    kl_divergence,
-    kl_single_sample,
-    product_of_experts,
+from mmhvae.model.distributions import Gaussian, LatentSampler, RowNoise, inverse_std_fusion, product_of_experts
+from mmhvae.model.interface import (
+    EncodedImages,
+    EncodedModalities,
+    MMHVAEOutput,
+    SynthesisNetwork,
+    zero_outside,
 )
-from mmhvae.model.interface import EncodedImages, EncodedModalities, MMHVAEOutput
 from mmhvae.model.mmhvae_config import KL_MODES, MMHVAEConfig
 
 
@@ -81,32 +76,10 @@ class ModalityEncoder(nn.Module):
         return skips, self.bottom(x).flatten(1)
 
 
-def expert_head(in_channels: int, hidden: int, latent_channels: int) -> nn.Sequential:
-    """Residual expert h_phi (Eq. 12): features -> (mean, log-variance) of a spatial latent group."""
-    return nn.Sequential(
-        nn.SiLU(),
-        conv1x1(in_channels, hidden),
-        nn.SiLU(),
-        conv3x3(hidden, 2 * latent_channels),
-    )
-
-
-def image_decoder(in_channels: int, width: int, blocks: int, norm: str) -> nn.Sequential:
-    """mu_theta_j^x (Eq. 6): z_1 -> one image in [-1, 1] through `blocks` ResNet blocks."""
-    return nn.Sequential(
-        conv3x3(in_channels, width),
-        *(ResNetBlock(width, norm) for _ in range(blocks)),
-        make_norm(norm, width),
-        nn.SiLU(),
-        conv3x3(width, 1),
-        nn.Tanh(),
-    )
-
-
-class MMHVAE(nn.Module):
+class MMHVAE(SynthesisNetwork):
     """Multi-modal hierarchical VAE with a hierarchical mixture of products of experts."""
 
-    # Inference on CPUs is faster in channels-last (README, Performance; `benchmarks/bench_kernels.py`).
+    config_class = MMHVAEConfig
     cpu_inference_channels_last = True
 
     def __init__(self, config: MMHVAEConfig):
@@ -170,8 +143,8 @@ class MMHVAE(nn.Module):
     def compile_blocks(self) -> MMHVAE:
         """torch.compile, in place, the convolutional stacks: encoders, top-down cells and image decoders (nearly
         all the MACs). The fusion, whose expert selection depends on the data, stays eager. State-dict keys do
-        not change, so checkpoints and model files are unaffected. Pays off on GPUs (see the README's
-        Performance section for what it does on a CPU).
+        not change, so checkpoints and model files are unaffected. Pays off on GPUs (docs/performance.md says what
+        it does on a CPU).
 
         Blocks of one class share a forward function, and torch compiles a function anew for each input shape
         and channel count it meets, up to `torch._dynamo.config.recompile_limit` (8) times; past that it
@@ -192,22 +165,6 @@ class MMHVAE(nn.Module):
             block.compile()
         return self
 
-    # ----- construction helpers -----------------------------------------------------------------
-
-    @classmethod
-    def from_config(cls, config: MMHVAEConfig | Mapping[str, Any]) -> MMHVAE:
-        if not isinstance(config, MMHVAEConfig):
-            config = MMHVAEConfig.from_dict(config)
-        return cls(config)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as a plain dict; `MMHVAE.from_config(model.to_dict())` rebuilds the network."""
-        return self.config.to_dict()
-
-    @property
-    def num_modalities(self) -> int:
-        return len(self.config.modalities)
-
     # ----- bottom-up ----------------------------------------------------------------------------
 
     def encode(self, images: Tensor, present: Tensor) -> EncodedModalities:
@@ -219,12 +176,7 @@ class MMHVAE(nn.Module):
         With `encoder: "joint"` the features depend on the subset fused, so nothing is encoded here: the
         images are kept (absent ones zeroed) and `decode` runs the joint encoder on each subset.
         """
-        present = self._check_mask(present, images.shape[0], "present")
-        if images.ndim != 4 or images.shape[1] != self.num_modalities:
-            raise ValueError(f"images must be [B, {self.num_modalities}, H, W], got {tuple(images.shape)}")
-        size = self.config.image_size
-        if images.shape[-2:] != (size, size):
-            raise ValueError(f"images must be {size}x{size}, got {tuple(images.shape[-2:])}")
+        present = self._check_inputs(images, present)
         if self.config.encoder == "joint":
             return EncodedImages.from_images(images, present)
 
@@ -254,8 +206,7 @@ class MMHVAE(nn.Module):
         """
         if not isinstance(features, EncodedImages):
             raise ValueError("encoder 'joint' needs features from its own `encode` (they hold the images)")
-        masked = torch.where(subset[:, :, None, None], features.images, torch.zeros_like(features.images))
-        skips, bottom = self.encoders[0](masked)
+        skips, bottom = self.encoders[0](zero_outside(features.images, subset))
         any_input = subset.any(dim=1, keepdim=True)
         joint = EncodedModalities([s.unsqueeze(1) for s in skips], bottom.unsqueeze(1), any_input)
         return joint, any_input
@@ -290,30 +241,41 @@ class MMHVAE(nn.Module):
         With `encoder: "joint"` the joint encoder first runs here on the images masked by each row's
         subset (zeros outside r'), and its features act as a single expert per level.
         """
-        cfg = self.config
-        subset = self._check_mask(subset, features.batch_size, "subset")
-        if bool((subset & ~features.present).any()):
-            raise ValueError("subset selects a modality that was not encoded (not in `present`)")
-        if cfg.encoder == "joint":
+        subset = self._check_subset(features, subset)
+        if self.config.encoder == "joint":
             features, subset = self._encode_joint(features, subset)
-        kl_mode = cfg.kl if kl is None else kl
+        kl_mode = self.config.kl if kl is None else kl
         if kl_mode not in KL_MODES:
             raise ValueError(f"kl must be one of {KL_MODES}, got {kl!r}")
-        temperature = temperature if sample else 0.0
-        batch = features.batch_size
+        sampler = LatentSampler(temperature if sample else 0.0, generator, kl_mode)
 
+        h, global_kl = self._sample_global_group(features, subset, sampler)
+        decoder_input, z1_mean, kls = self._sample_spatial_groups(h, features, subset, sampler)
+        images = torch.cat([run_block(decoder, decoder_input, recompute=self.recomputed_levels > 0)
+                            for decoder in self.decoders], dim=1)
+        kls = [*reversed(kls), global_kl]  # finest group first, as in the paper's numbering
+        return MMHVAEOutput(images=images, kl=kls, kl_groups=self.config.stochastic_groups, z1_mean=z1_mean)
+
+    def _sample_global_group(self, features: EncodedModalities, subset: Tensor, sampler: LatentSampler
+                             ) -> tuple[Tensor, Tensor]:
+        """z_L with the fixed prior N(0, I) (Eq. 5, Eq. 13 first factor): the coarsest top-down state and the KL."""
+        cfg, batch = self.config, features.batch_size
+        prior = Gaussian.standard_like(features.bottom.new_zeros(batch, cfg.global_latent))
+        q = self._posterior(prior, self.global_experts, features.bottom, None, subset)
+        z, kl = sampler.draw(q, prior)
+        return self.global_to_state(z).view(batch, cfg.features(cfg.num_pool), cfg.bottom_size, cfg.bottom_size), kl
+
+    def _sample_spatial_groups(self, h: Tensor, features: EncodedModalities, subset: Tensor,
+                               sampler: LatentSampler) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+        """The top-down path from the coarsest state h, coarsest level first: z_l ~ q(z_l | x_r', z_>l) of Eq. 13
+        at the stochastic levels, the deterministic state elsewhere.
+
+        Returns the image decoders' input (z_1, or the finest state if z_1 is not stochastic), the posterior
+        mean of z_1 (or None) and the KL of each stochastic group, coarsest first.
+        """
         kls: list[Tensor] = []
-
-        # Global group z_L with the fixed prior N(0, I) (Eq. 5, Eq. 13 first factor).
-        global_prior = Gaussian.standard_like(features.bottom.new_zeros(batch, cfg.global_latent))
-        q = self._posterior(global_prior, self.global_experts, features.bottom, None, subset)
-        z = q.sample(temperature, generator)
-        kls.append(self._kl(q, global_prior, z, kl_mode))
-        h = self.global_to_state(z).view(batch, cfg.features(cfg.num_pool), cfg.bottom_size, cfg.bottom_size)
-
-        z1_mean = None
-        decoder_input = h
-        for s in reversed(range(cfg.num_pool)):
+        z1_mean, decoder_input = None, h
+        for s in reversed(range(self.config.num_pool)):
             recompute = s < self.recomputed_levels
             state = run_block(partial(self._top_down_state, s), h, recompute=recompute)
             if s not in self.stochastic_levels:
@@ -322,31 +284,15 @@ class MMHVAE(nn.Module):
             prior_and_posterior = run_block(partial(self._prior_and_posterior, s, subset), state,
                                             features.skips[s], recompute=recompute)
             prior, q = Gaussian(*prior_and_posterior[:2]), Gaussian(*prior_and_posterior[2:])
-            z = q.sample(temperature, generator)
-            kls.append(self._kl(q, prior, z, kl_mode))
+            z, kl = sampler.draw(q, prior)
+            kls.append(kl)
             if s == 0:
                 z1_mean, decoder_input = q.mean, z
-            elif cfg.topdown == "full":
+            elif self.config.topdown == "full":
                 h = state + self.z_to_state[str(s)](z)
             else:
                 h = self.z_to_state[str(s)](z)
-
-        images = torch.cat([run_block(decoder, decoder_input, recompute=self.recomputed_levels > 0)
-                            for decoder in self.decoders], dim=1)
-        kls.reverse()  # finest group first, as in the paper's numbering
-        return MMHVAEOutput(images=images, kl=kls, kl_groups=cfg.stochastic_groups, z1_mean=z1_mean)
-
-    def forward(
-        self,
-        images: Tensor,
-        present: Tensor,
-        subset: Tensor | None = None,
-        temperature: float = 1.0,
-        sample: bool = True,
-    ) -> MMHVAEOutput:
-        """decode(encode(images, present), subset); subset defaults to all present modalities."""
-        features = self.encode(images, present)
-        return self.decode(features, features.present if subset is None else subset, temperature, sample)
+        return decoder_input, z1_mean, kls
 
     def _top_down_state(self, s: int, h: Tensor) -> Tensor:
         """The deterministic top-down state at level s from the coarser state h (upsampling, then a cell)."""
@@ -426,13 +372,3 @@ class MMHVAE(nn.Module):
         values = torch.cat(outputs)  # its dtype, not the skips', under autocast
         full = values.new_zeros(batch, num_modalities, out_channels, *spatial)
         return full.index_put((torch.cat(out_rows), torch.cat(out_cols)), values)
-
-    @staticmethod
-    def _kl(q: Gaussian, p: Gaussian, z: Tensor, mode: str) -> Tensor:
-        per_dim = kl_divergence(q, p) if mode == "analytic" else kl_single_sample(q, p, z)
-        return per_dim.flatten(1).sum(dim=1)
-
-    def _check_mask(self, mask: Tensor, batch: int, name: str) -> Tensor:
-        if mask.shape != (batch, self.num_modalities):
-            raise ValueError(f"{name} must be [{batch}, {self.num_modalities}], got {tuple(mask.shape)}")
-        return mask.to(torch.bool)

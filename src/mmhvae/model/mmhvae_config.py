@@ -1,11 +1,13 @@
-"""TODO docstring."""
+"""The architecture of an MMHVAE network (Sections 3.4 and 4.2): `MMHVAEConfig`, a dataclass that round-trips
+through a plain dict, with the paper's settings as defaults and the options of the ablations (Section 4.4.2)
+and of the authors' code (`*_MODES`). The network itself is `MMHVAE` (model/mmhvae.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from mmhvae.model.blocks import NORMS
-from mmhvae.model.interface import PlainDictConfig
+from mmhvae.model.interface import PlainDictConfig, config_checker
 
 TOPDOWN_MODES = ("full", "markov")
 HEAD_MODES = ("per_modality", "shared")
@@ -68,12 +70,7 @@ class MMHVAEConfig(PlainDictConfig):
         self._validate()
 
     def _validate(self) -> None:
-        def check(condition: bool, problem: str) -> None:
-            if not condition:
-                raise ValueError(f"MMHVAEConfig: {problem}")
-
-        check(len(self.modalities) > 0, "at least one modality is needed")
-        check(len(set(self.modalities)) == len(self.modalities), f"duplicate modalities {self.modalities}")
+        check = config_checker(self)
         check(self.num_pool >= 1, "num_pool must be >= 1")
         check(
             self.image_size % 2**self.num_pool == 0 and self.image_size // 2**self.num_pool >= 2,

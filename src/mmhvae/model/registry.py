@@ -1,21 +1,16 @@
-"""Which network a configuration describes, and the methods of `mmhvae train --method`.
+"""Which network a configuration describes, and the network configuration of each method of `mmhvae train
+--method`.
 
 A network's configuration dict carries a `variant` key: missing or "mmhvae" (ours, `MMHVAEConfig`), "mmgan"
 (the MM-GAN baseline, `MMGANConfig`), "resvit" (`ResViTConfig`), "m2dn" (`M2DNConfig`) or "authors" (the
 authors' released network, `AuthorsConfig`).
 `build_network(config_dict)` is the one place that turns such a dict into a network (model files, runs).
 
-Methods (Section 4.3 baselines, Section 4.4.2 ablations) are MMHVAE configurations, except the
-zero-imputation generators (MM-GAN, ResViT, M2DN; model/zero_imputation.py), whose variant is the method's name:
-- mmhvae: the configuration as given;
-- mopoe: one latent group, the global one (L = 1), Section 4.3 "MoPoE ... with a single latent variable";
-- average: deterministic average of per-modality features at each level (Section 4.4.2, "Average");
-- concat-zeros: one joint encoder on the concatenated images, zeros for missing ones (Section 4.4.2,
-  "Concat. w/ zeros ... only one encoder is used"; not the feature-level `fusion: concat_zeros`);
-- mmgan: a U-Net generator with zero imputation and a PatchGAN critic (Sharma & Hamarneh, TMI 2019);
-- resvit: the residual vision transformer generator with zero imputation (Dalmaz et al., TMI 2022);
-- m2dn: a conditional Brownian-bridge diffusion over all modalities, noise for missing ones (Meng et al., TMI
-  2024, as the paper adapted it).
+The methods themselves (Section 4.3 baselines, Section 4.4.2 ablations) are listed and described in
+mmhvae/methods.py. Here each becomes a network configuration: the MMHVAE-family methods override fields of an
+MMHVAE configuration (`MMHVAE_METHOD_OVERRIDES`); the zero-imputation generators (MM-GAN, ResViT, M2DN;
+model/baselines/), whose variant is the method's name, derive theirs from it (their `like`) or keep their
+own.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`mmhvae benchmark`: what the networks cost on this machine (issue "Performance").
+"""`mmhvae benchmark`: what the networks cost on this machine (docs/performance.md).
 
 For each configuration (tiny, paper) and method it prints parameters, MACs per slice, inference latency per
 slice at batch 1 and 16, the time to predict every modality from all 15 input subsets of a slab in one run
@@ -32,9 +32,13 @@ import torch
 
 from mmhvae.allocator import keep_freed_memory
 from mmhvae.inference.device import autocast
+from mmhvae.inference.synthesis import synthesise
 from mmhvae.modalities import ModalitySet, non_empty_subsets
 from mmhvae.model_file import for_inference
 from mmhvae.performance.cost import inference_latency, macs_per_slice, median_time, method_network, parameter_count
+from mmhvae.phantom.cohort import simulate_cohort
+from mmhvae.preprocessing.prepare import PreparedSubject
+from mmhvae.training.trainer import module_for
 
 # The paper's training set: 70 ReMIND volumes of about 160 slices each (Section 4.1).
 REMIND_SLICES = 70 * 160
@@ -42,6 +46,8 @@ REMIND_SLICES = 70 * 160
 
 @dataclass
 class Result:
+    """The figures of one (configuration, method); times in seconds unless named otherwise."""
+
     config: str
     method: str
     parameters: int
@@ -69,10 +75,8 @@ class Result:
         return math.ceil(REMIND_SLICES / int(batch)) * self.train_step_s[batch] / 60
 
 
-def slab_subject(model: torch.nn.Module, depth: int):
+def slab_subject(model: torch.nn.Module, depth: int) -> PreparedSubject:
     """A synthetic subject on the model grid with every modality present, `depth` slices deep."""
-    from mmhvae.preprocessing.prepare import PreparedSubject
-
     cfg = model.config
     rng = np.random.default_rng(0)
     shape = (len(cfg.modalities), cfg.image_size, cfg.image_size, depth)
@@ -88,8 +92,6 @@ def all_subsets_times(model: torch.nn.Module, depth: int, repeats: int, precisio
     A single-subset run sees only its subset's modalities, as `predict --inputs` does, so it encodes those
     alone: 32 encoder passes over the 15 runs of 4 modalities, against 4 in the joint run.
     """
-    from mmhvae.inference.synthesis import synthesise
-
     prepared = slab_subject(model, depth)
     modalities = ModalitySet(tuple(model.config.modalities))
     subsets = non_empty_subsets(modalities)
@@ -112,8 +114,6 @@ def training_step(module: Any, optimiser: torch.optim.Optimizer, data: dict[str,
 def training_step_time(config: str, method: str, batch: int, repeats: int, device: str, precision: str = "fp32",
                        compile_network: bool = False) -> dict[str, float]:
     """One Algorithm-1 step (T passes, backward, optimiser) in this process: median seconds and peak memory."""
-    from mmhvae.training.trainer import module_for
-
     keep_freed_memory()  # as every `mmhvae` command does
     network, run = method_network(config, method)
     run.train.batch_size = batch
@@ -157,8 +157,7 @@ def training_step_in_fresh_process(config: str, method: str, batch: int, repeats
 
 
 def phantom_subjects_per_second(subjects: int = 4, size: int = 64) -> float:
-    from mmhvae.phantom.cohort import simulate_cohort
-
+    """How fast the phantom generator writes subjects, in a folder deleted afterwards."""
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         simulate_cohort(Path(folder) / "cohort", subjects=subjects, seed=0, size=size)
@@ -168,7 +167,7 @@ def phantom_subjects_per_second(subjects: int = 4, size: int = 64) -> float:
 def benchmark(configs: list[str], methods: list[str], repeats: int = 3, device: str = "cpu", depth: int = 32,
               train_batches: tuple[int, ...] = (4, 16), phantom_subjects: int = 4, precision: str = "fp32",
               compile_network: bool = False) -> dict[str, Any]:
-    """Every figure of the performance issue for each (config, method); returns a JSON-ready dict."""
+    """Every figure of the Performance section for each (config, method); returns a JSON-ready dict."""
     keeps_freed_memory = keep_freed_memory()  # as every `mmhvae` command does
     torch_device = torch.device(device)
     results = []
@@ -215,19 +214,20 @@ def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
     """
     text = cpuinfo.read_text() if cpuinfo.exists() else ""
 
-    def field(name: str) -> str:
+    def entry(name: str) -> str:
         match = re.search(rf"^{name}\s*: (.*)$", text, re.MULTILINE)
         return match.group(1).strip() if match else "?"
 
     return {
-        "cpu": field("model name") if text else (platform.processor() or platform.machine()),
-        "cpu_family": field("cpu family"), "cpu_model": field("model"),
+        "cpu": entry("model name") if text else (platform.processor() or platform.machine()),
+        "cpu_family": entry("cpu family"), "cpu_model": entry("model"),
         "avx512": ("yes" if re.search(r"\bavx512f\b", text) else "no") if text else "?",
         "cpus": os.cpu_count(),
     }
 
 
 def machine_description(device: str) -> dict[str, Any]:
+    """The machine, CPU, threads, torch version and device that the figures were measured on."""
     cpu = cpu_description()
     description = {
         "platform": platform.platform(), "processor": cpu.pop("cpu"), **cpu,
@@ -241,7 +241,7 @@ def machine_description(device: str) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The benchmark as a Markdown table (the README's Performance section)."""
+    """The benchmark as a Markdown table (docs/performance.md)."""
     machine = report["machine"]
     batches = sorted({b for r in report["results"] for b in r["train_step_s"]}, key=int)
     lines = [

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The cost figures of a network, shared by `mmhvae info` and `mmhvae benchmark`: parameter count,
+multiply-accumulates per slice (Section 5.1) and inference latency, with the wall-clock timing they rest on."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmhvae.config import RunConfig, load_config
+from mmhvae.config import RunConfig, load_config, with_method
 from mmhvae.errors import InputError
 from mmhvae.inference.device import autocast
+from mmhvae.methods import METHODS
+from mmhvae.model.registry import build_network
 
 
 def synchronise(device: torch.device | None) -> None:
@@ -37,10 +40,6 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: to
 
 def method_network(config: str, method: str) -> tuple[torch.nn.Module, RunConfig]:
     """The network and run configuration of `method` (as `mmhvae train --method`) from a preset or YAML file."""
-    from mmhvae.config import with_method
-    from mmhvae.methods import METHODS
-    from mmhvae.model.registry import build_network
-
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     run = with_method(load_config(config), method)
@@ -63,6 +62,7 @@ def inference_latency(model: torch.nn.Module, batch: int, repeats: int, device: 
 
 
 def parameter_count(model: torch.nn.Module) -> int:
+    """Number of learnt values of the network (weights and biases)."""
     return sum(p.numel() for p in model.parameters())
 
 

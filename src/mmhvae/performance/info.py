@@ -7,10 +7,14 @@ from pathlib import Path
 
 import torch
 
-from mmhvae.performance.cost import macs_per_slice, parameter_count
+from mmhvae.config import load_config
+from mmhvae.evaluation.scoring import method_names
+from mmhvae.model_file import load_model_file
+from mmhvae.performance.cost import inference_latency, macs_per_slice, method_network, parameter_count
 
 
 def network_lines(network: torch.nn.Module, source: str, meta: dict) -> list[str]:
+    """The block of one network: its modalities, grid, structure, cost and, for a model file, its training."""
     cfg = network.config
     lines = [f"{source}", f"  modalities        {','.join(cfg.modalities)}",
              f"  image size        {cfg.image_size}x{cfg.image_size}"]
@@ -42,8 +46,6 @@ def network_lines(network: torch.nn.Module, source: str, meta: dict) -> list[str
 
 def cost_table(networks: dict[str, torch.nn.Module], latency: bool, repeats: int = 5) -> str:
     """Markdown: parameters, MACs and (optionally) CPU latency per slice of each network, as in Section 5.1."""
-    from mmhvae.performance.cost import inference_latency
-
     header = "| network | parameters | GMACs per slice | latency per slice, batch 1 (ms) |"
     lines = [header, "|---|---|---|---|"]
     for name, network in networks.items():
@@ -58,22 +60,15 @@ def describe(config: str | None = None, model: Path | Sequence[Path] | None = No
              methods: Sequence[str] = ()) -> str:
     """Text of `mmhvae info`: one block per network, then a cost table when several are compared. A config
     without `methods` is described with its own `train.method`."""
-    from mmhvae.performance.cost import method_network
-
     networks: dict[str, torch.nn.Module] = {}
     blocks: list[str] = []
     if model is not None:
-        from mmhvae.evaluation.scoring import method_names
-        from mmhvae.model_file import load_model_file
-
         paths = [Path(model)] if isinstance(model, (str, Path)) else [Path(m) for m in model]
         loaded = [load_model_file(p) for p in paths]
         for name, path, each in zip(method_names(paths, loaded), paths, loaded):
             networks[name] = each.model.eval()
             blocks.append("\n".join(network_lines(each.model, f"model file {path}", each.meta)))
     else:
-        from mmhvae.config import load_config
-
         for method in methods or (load_config(config or "tiny").train.method,):  # default: the config's own
             network, _ = method_network(config or "tiny", method)
             networks[method] = network.eval()

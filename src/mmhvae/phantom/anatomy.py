@@ -68,7 +68,7 @@ class RandomField:
 
 @dataclass(frozen=True)
 class AnatomyVariation:
-    """Between-subject geometry: the issue's ranges; the elastic amplitude is our choice."""
+    """Between-subject geometry: the ranges of docs/phantom.md; the elastic amplitude is our choice."""
 
     scale: float = 0.08  # +-8 % per axis
     rotation_deg: float = 6.0  # +-6 degrees about each axis
@@ -79,7 +79,7 @@ class AnatomyVariation:
 
 @dataclass(frozen=True)
 class TumourVariation:
-    """Tumour draws. Ranges from the issue; fractions and shape parameters are our choices."""
+    """Tumour draws. Ranges from docs/phantom.md; fractions and shape parameters are our choices."""
 
     radius_mm: tuple[float, float] = (8.0, 25.0)
     irregularity: tuple[float, float] = (0.10, 0.30)  # radius perturbation, relative

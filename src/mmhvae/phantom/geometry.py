@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Where the virtual probe goes and the output grid it defines: the probe placed on the cortical surface over the
+tumour and aimed at it, an output grid in the probe's frame (fan plane in-plane, sweep along the third axis),
+and the fan that is the ultrasound field of view (docs/phantom.md)."""
 
 from __future__ import annotations
 
@@ -14,14 +16,9 @@ from mmhvae.phantom.us_sim import PROBES, FanGeometry, Probe
 PAPER_FIELD_MM = 96.0  # in-plane field of view: 192 x 0.5 mm (Section 4.1)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Probe pose and the output grid
-# ----------------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class ProbePlacement:
-    """Where the probe goes and what it sees. Opening and depth from the issue; the rest our choices."""
+    """Where the probe goes and what it sees. Opening and depth as in docs/phantom.md; the rest our choices."""
 
     opening_deg: tuple[float, float] = (60.0, 90.0)
     depth_mm: tuple[float, float] = (50.0, 80.0)

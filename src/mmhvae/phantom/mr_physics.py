@@ -132,12 +132,12 @@ def add_rician_noise(signal: np.ndarray, sigma: float, rng: np.random.Generator)
 
 @dataclass(frozen=True)
 class SiteVariation:
-    """Per subject and modality scanner/protocol variation. Ranges from the issue; scale/gamma/SNR ours."""
+    """Per subject and modality scanner/protocol variation. Ranges from docs/phantom.md; scale/gamma/SNR ours."""
 
     protocol_jitter: float = 0.15  # TR and TE each x U(1 - j, 1 + j); TI see nulling_error
-    # FLAIR's TI is not drawn on its own: a scanner picks the TI that nulls CSF at the chosen TR (the phantom
-    # issue: "inversion recovery (FLAIR, CSF nulled)"), imperfectly, so the null TI is scaled by U(1 - e, 1 + e).
-    # With the TR jitter, TI stays within the issue's +-15 % (2240-2690 ms); CSF is 7 % of WM (median), 19 % at most.
+    # FLAIR's TI is not drawn on its own: a scanner picks the TI that nulls CSF at the chosen TR ("inversion
+    # recovery (FLAIR, CSF nulled)"), imperfectly, so the null TI is scaled by U(1 - e, 1 + e). With the TR
+    # jitter, TI stays within +-15 % of nominal (2240-2690 ms); CSF is 7 % of WM (median), 19 % at most.
     nulling_error: float = 0.03
     bias_amplitude: tuple[float, float] = (0.10, 0.30)  # peak deviation of the multiplicative bias field
     bias_nodes: int = 4  # control points per axis: the field varies over the whole FOV, not locally

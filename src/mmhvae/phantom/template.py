@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The healthy anatomy of the phantom: tissue fraction maps built from the MNI ICBM 2009a template that ships
+with nilearn (GM, WM and CSF split into sulci, ventricles, choroid plexus and falx; meninges, skull and scalp
+grown around the brain), and the candidate tumour sites in it (docs/phantom.md)."""
 
 from __future__ import annotations
 
@@ -121,26 +123,20 @@ def _ellipsoids(grid: list[np.ndarray], centres, radii) -> np.ndarray:
     return inside
 
 
-@functools.lru_cache(maxsize=1)
-def load_template(layers: HeadLayers = HeadLayers(), sites: TumourSites = TumourSites()) -> Template:
-    """The template tissue maps (computed once per process, about 3 s)."""
-    t1, gm, wm, affine = _template_images()
-    brain = t1 > 0.05  # the shipped T1 is skull-stripped: its support is the intracranial brain + CSF
-    parenchyma = gm + wm
-    too_much = parenchyma > 1.0
-    gm[too_much] /= parenchyma[too_much]
-    wm[too_much] /= parenchyma[too_much]
-    csf = np.clip(brain.astype(np.float32) - gm - wm, 0.0, 1.0)
+def _depth_below_surface(brain: np.ndarray) -> np.ndarray:
+    """Depth (mm) below the brain's outer surface: sulci closed first, so a sulcus is not "surface"."""
+    hull = ndimage.binary_fill_holes(ndimage.binary_closing(brain[::2, ::2, ::2], iterations=2))
+    return _upsample(ndimage.distance_transform_edt(hull).astype(np.float32) * 2.0, brain.shape, smooth=False)
 
-    grid = _mni_axes(t1.shape, affine)
+
+def _csf_compartments(csf: np.ndarray, depth: np.ndarray, grid: list[np.ndarray],
+                      affine: np.ndarray) -> dict[str, np.ndarray]:
+    """The template's CSF split into ventricles (grown from seeds), the choroid plexus inside them, the falx on
+    the midline, and the rest (sulcal CSF)."""
     to_vox = np.linalg.inv(affine)
 
     def voxel(point):
         return tuple(int(round(v)) for v in to_vox[:3, :3] @ np.asarray(point) + to_vox[:3, 3])
-
-    # Depth below the brain's outer surface: sulci closed first, so a sulcus is not "surface".
-    hull = ndimage.binary_fill_holes(ndimage.binary_closing(brain[::2, ::2, ::2], iterations=2))
-    depth = _upsample(ndimage.distance_transform_edt(hull).astype(np.float32) * 2.0, t1.shape, smooth=False)
 
     ventricles = _seed_components((csf > 0.5) & (depth > 10.0),
                                   [voxel(p) for p in LATERAL_VENTRICLE_SEEDS_MNI])
@@ -156,7 +152,11 @@ def load_template(layers: HeadLayers = HeadLayers(), sites: TumourSites = Tumour
     falx_region = (np.abs(grid[0]) <= FALX_HALF_WIDTH_MM) & (grid[2] > FALX_LOWEST_Z_MM)
     falx = np.where(falx_region & ~ventricles, csf_sulcal * 0.8, 0.0).astype(np.float32)
     csf_sulcal = csf_sulcal - falx
+    return {"csf_sulcal": csf_sulcal, "csf_ventricle": csf_ventricle, "choroid": choroid, "falx": falx}
 
+
+def _head_shells(brain: np.ndarray, layers: HeadLayers) -> dict[str, np.ndarray]:
+    """CSF left outside the skull-stripping mask ("meninges"), skull and scalp as shells around the brain."""
     outside = _distance_on_coarse_grid(~brain, smooth=True)
     outside[brain] = 0.0
 
@@ -165,17 +165,15 @@ def load_template(layers: HeadLayers = HeadLayers(), sites: TumourSites = Tumour
         return np.interp(outside, [inner - 0.5, inner + 0.5, outer - 0.5, outer + 0.5], [0, 1, 1, 0]).astype(
             np.float32)
 
-    meninges = shell(0.0, layers.meninges_csf_mm) * ~brain
     skull_top = layers.meninges_csf_mm + layers.skull_mm
-    bone = shell(layers.meninges_csf_mm, skull_top)
-    scalp = shell(skull_top, skull_top + layers.scalp_mm)
-    csf_sulcal = csf_sulcal + meninges
+    return {"meninges": shell(0.0, layers.meninges_csf_mm) * ~brain,
+            "bone": shell(layers.meninges_csf_mm, skull_top),
+            "scalp": shell(skull_top, skull_top + layers.scalp_mm)}
 
-    fractions = {"csf_sulcal": csf_sulcal, "csf_ventricle": csf_ventricle, "gm": gm, "wm": wm,
-                 "choroid": choroid, "falx": falx, "bone": bone, "scalp": scalp}
-    maps = np.stack([np.rint(np.clip(fractions[name], 0, 1) * 255).astype(np.uint8) for name in HEALTHY_TISSUES])
 
-    # Candidates on a 2 mm lattice: plenty, and 8 times cheaper.
+def _tumour_sites(parenchyma: np.ndarray, depth: np.ndarray, grid: list[np.ndarray], affine: np.ndarray,
+                  sites: TumourSites) -> np.ndarray:
+    """(N, 3) candidate tumour centres in MNI mm, on a 2 mm lattice: plenty, and 8 times cheaper."""
     x, y, z = (g[tuple(slice(None, None, 2) if g.shape[k] > 1 else slice(None) for k in range(3))]
                for g in grid)
     lattice = (slice(None, None, 2),) * 3
@@ -188,9 +186,29 @@ def load_template(layers: HeadLayers = HeadLayers(), sites: TumourSites = Tumour
         & ~((y < -45.0) & (z < sites.no_cerebellum_below_z_mm))
     )
     index = np.argwhere(candidates).astype(np.float64) * 2.0
-    sites_mni = index @ affine[:3, :3].T + affine[:3, 3]
+    return index @ affine[:3, :3].T + affine[:3, 3]
+
+
+@functools.lru_cache(maxsize=1)
+def load_template(layers: HeadLayers = HeadLayers(), sites: TumourSites = TumourSites()) -> Template:
+    """The template tissue maps (computed once per process, about 3 s)."""
+    t1, gm, wm, affine = _template_images()
+    brain = t1 > 0.05  # the shipped T1 is skull-stripped: its support is the intracranial brain + CSF
+    parenchyma = gm + wm
+    too_much = parenchyma > 1.0
+    gm[too_much] /= parenchyma[too_much]
+    wm[too_much] /= parenchyma[too_much]
+    csf = np.clip(brain.astype(np.float32) - gm - wm, 0.0, 1.0)
+
+    grid = _mni_axes(t1.shape, affine)
+    depth = _depth_below_surface(brain)
+    fractions = _csf_compartments(csf, depth, grid, affine)
+    shells = _head_shells(brain, layers)
+    fractions |= {"gm": gm, "wm": wm, "bone": shells["bone"], "scalp": shells["scalp"],
+                  "csf_sulcal": fractions["csf_sulcal"] + shells["meninges"]}
+    maps = np.stack([np.rint(np.clip(fractions[name], 0, 1) * 255).astype(np.uint8) for name in HEALTHY_TISSUES])
     centre = np.argwhere(brain).mean(axis=0) @ affine[:3, :3].T + affine[:3, 3]
-    return Template(maps, affine, sites_mni, centre)
+    return Template(maps, affine, _tumour_sites(parenchyma, depth, grid, affine, sites), centre)
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The tissues of the phantom, by name: the healthy ones of the template, the tumour's, and which are brain."""
 
 from __future__ import annotations
 

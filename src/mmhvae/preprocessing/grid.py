@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The model grid: every slice is centre-padded or centre-cropped in-plane to the network's square size, and
+predictions go back onto the subject's own grid the same way."""
 
 from __future__ import annotations
 

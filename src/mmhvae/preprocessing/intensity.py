@@ -1,7 +1,8 @@
-"""The two intensity normalisations of Section 4.4.1, the white-matter mask they need, and the FOV crop.
+"""The two intensity normalisations of Section 4.4.1 and the network's intensity scale.
 
 (a) Inputs (non-harmonised, what the network sees): per 3D volume, clip at the 99.95th percentile of
-    the foreground, min-max to [-1, 1], background -1 (the authors' code).
+    the foreground, min-max to [-1, 1], background -1 (after the authors' code; their exact variant, which
+    their released network expects, is `preprocessing.authors`).
 (b) Targets (harmonised, what the network must produce): shift the minimum to 0, then scale linearly so
     the median inside the white matter is 1/7 (T2), 1/5 (ceT1), 1/3 (FLAIR) - the paper's values - and
     our choices for the other keys. The network works on 2 * target - 1 (the authors' code, no clipping).
@@ -22,6 +23,15 @@ BACKGROUND = -1.0
 WM_MEDIAN_TARGETS: dict[str, float] = {"t2": 1 / 7, "t1c": 1 / 5, "flair": 1 / 3, "t1": 1 / 5, "pd": 1 / 4}
 
 
+def foreground_range(array: np.ndarray, foreground: np.ndarray, percentile: float) -> tuple[float, float]:
+    """The clip range of an input normalisation: the foreground's minimum and its `percentile`-th percentile."""
+    values = array[foreground]
+    low, high = float(values.min()), float(np.percentile(values, percentile))
+    if high <= low:
+        raise InputError("the image is constant inside its foreground")
+    return low, high
+
+
 def normalise_input(
     array: np.ndarray, foreground: np.ndarray | None = None, percentile: float = INPUT_PERCENTILE
 ) -> np.ndarray:
@@ -29,10 +39,7 @@ def normalise_input(
     foreground = foreground_mask(array) if foreground is None else foreground.astype(bool)
     if not foreground.any():
         raise InputError("the image has no foreground (it is constant)")
-    values = array[foreground]
-    low, high = float(values.min()), float(np.percentile(values, percentile))
-    if high <= low:
-        raise InputError("the image is constant inside its foreground")
+    low, high = foreground_range(array, foreground, percentile)
     out = 2.0 * (np.clip(array, low, high) - low) / (high - low) - 1.0
     out[~foreground] = BACKGROUND
     return out.astype(np.float32)
@@ -72,4 +79,5 @@ def target_to_network(target: np.ndarray) -> np.ndarray:
 
 
 def network_to_target(image: np.ndarray) -> np.ndarray:
+    """The network's scale back to harmonised intensities t = (y + 1) / 2."""
     return ((image + 1.0) / 2.0).astype(np.float32)

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Where the images are defined: the ultrasound field of view (Section 4.4.1), the foreground of an image, and
+the white matter that target harmonisation needs (from a tissue label map, else from an intensity clustering)."""
 
 from __future__ import annotations
 

@@ -1,18 +1,18 @@
-"""From subjects on disk to training batches: preprocessing, 2D slices, batches of one pattern, folds.
+"""From a subject on disk to the network's inputs and targets (Section 4.4.1), and the settings that say how.
 
-- A subject is preprocessed once (inputs normalised, targets harmonised, MR cropped to the ultrasound
-  field of view; Section 4.4.1) and cached in memory, optionally on disk, so an epoch never re-reads NIfTI.
+- `PreprocessConfig` is saved with every model: a model file says how its subjects must be prepared, including
+  which input normalisation its network was trained on (ours, or the authors' for their released network).
+- A subject's inputs are normalised per volume, its targets harmonised, MR cropped to the ultrasound field of
+  view, and the in-plane grid padded or cropped to the model's.
 - Slices run along the third array axis (the ultrasound sweep axis); slices with no foreground are skipped.
-- Batches follow Algorithm 1, lines 3-4: draw a missingness pattern r from the training set, then B slices
-  that share it.
-- Folds are stratified by missingness pattern so every input combination appears in each test fold
-  (Section 4.4.1).
+- A prepared subject can be cached on disk, so that training never re-reads NIfTI for an unchanged subject.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from mmhvae.io.layouts import SubjectFiles
 from mmhvae.io.subjects import Subject, load_subject
 from mmhvae.io.volumes import Volume
 from mmhvae.modalities import ULTRASOUND, ModalitySet
+from mmhvae.preprocessing.authors import normalise_input_authors
 from mmhvae.preprocessing.grid import centre_pad_crop
 from mmhvae.preprocessing.intensity import (
     BACKGROUND,
@@ -35,6 +36,15 @@ from mmhvae.preprocessing.intensity import (
 from mmhvae.preprocessing.masks import crop_to_fov, field_of_view, white_matter_mask
 
 Pattern = tuple[int, ...]
+
+OUR_INPUT_NORMALISATION = "mmhvae"
+AUTHORS_INPUT_NORMALISATION = "authors"
+# How one input volume is normalised, by the name a model's preprocessing records: (array, foreground or
+# region, percentile) -> the network's scale. Targets are harmonised the same way whichever is used.
+INPUT_NORMALISATIONS: dict[str, Callable[[np.ndarray, np.ndarray, float], np.ndarray]] = {
+    OUR_INPUT_NORMALISATION: normalise_input,
+    AUTHORS_INPUT_NORMALISATION: normalise_input_authors,
+}
 
 
 @dataclass
@@ -48,6 +58,12 @@ class PreprocessConfig:
     resample_to: str | None = None
     nan_to_num: bool = False
     image_size: int | None = None  # in-plane grid of the model; None keeps the subject's grid
+    input_normalisation: str = OUR_INPUT_NORMALISATION  # a key of INPUT_NORMALISATIONS
+
+    def __post_init__(self) -> None:
+        if self.input_normalisation not in INPUT_NORMALISATIONS:
+            raise ValueError(f"input_normalisation must be one of {', '.join(INPUT_NORMALISATIONS)}, "
+                             f"got {self.input_normalisation!r}")
 
     @property
     def modality_set(self) -> ModalitySet:
@@ -91,8 +107,10 @@ def _harmonised_target(subject: Subject, key: str, fov: np.ndarray, config: Prep
 def prepare_subject(subject: Subject, config: PreprocessConfig, with_targets: bool = True) -> PreparedSubject:
     """Normalise inputs, harmonise targets and crop MR to the ultrasound FOV (Section 4.4.1).
 
-    Inference needs no targets (`with_targets=False`: they stay at background).
+    Inputs are normalised as `config.input_normalisation` says. Inference needs no targets
+    (`with_targets=False`: they stay at background).
     """
+    normalise = INPUT_NORMALISATIONS[config.input_normalisation]
     modalities = config.modality_set
     fov = field_of_view(subject) if config.crop_to_ultrasound_fov else np.ones(subject.reference.shape, bool)
     shape = (len(modalities), *subject.reference.shape)
@@ -102,7 +120,7 @@ def prepare_subject(subject: Subject, config: PreprocessConfig, with_targets: bo
         index = modalities.index(key)
         raw = subject.volumes[key].array
         try:
-            inputs[index] = normalise_input(raw, fov & np.isfinite(raw), config.input_percentile)
+            inputs[index] = normalise(raw, fov & np.isfinite(raw), config.input_percentile)
         except InputError as exc:
             raise InputError(f"{exc.problem} inside the field of view", subject.volumes[key].path) from None
         if with_targets:

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The Lightning modules of the baselines that are not MMHVAE configurations: the zero-imputation GANs
+(MM-GAN, ResViT) and the Brownian-bridge diffusion M2DN. Each replaces only `MMHVAEModule`'s generator step
+(and the generator's optimiser); their losses are in objective.py."""
 
 from __future__ import annotations
 
@@ -9,10 +11,9 @@ from torch import Tensor
 
 from mmhvae.modalities import Subset, subset_from_code
 from mmhvae.model.baselines.zero_imputation import ZeroImputationGenerator
-from mmhvae.model.critic import generator_loss
 from mmhvae.model.registry import ZERO_IMPUTATION_NETWORKS
 from mmhvae.training.module import MMHVAEModule, trained_parameters
-from mmhvae.training.objective import gan_weight, image_error
+from mmhvae.training.objective import gan_weight, m2dn_losses, zero_imputation_losses
 
 
 class ZeroImputationGANModule(MMHVAEModule):
@@ -56,20 +57,11 @@ class ZeroImputationGANModule(MMHVAEModule):
     def generator_losses(self, batch: dict[str, Tensor], subsets: Tensor) -> dict[str, Tensor]:
         """The generator loss, (1 - w) L1 + w LSGAN, averaged over the batch and the T input subsets."""
         train = self.run_config.train
-        targets, present = batch["targets"], batch["present"].bool()
         output, rows = self.decode_passes(batch, subsets)
-        observed = present[rows]
-        errors = image_error(output.images, targets[rows], train.image_loss) * self.image_loss_weights.to(targets)
-        # Mean over every observed (slice, modality), as MM-GAN's L1Loss over the synthesised channels.
-        image = (errors * observed).sum() / observed.sum().clamp(min=1)
-        losses = {"image": image, "total": image}
         weight = gan_weight(self.global_step, train)
-        if weight > 0:
-            # critic.py's LSGAN carries a factor 1/2 that MM-GAN's and ResViT's MSELoss do not; their single
-            # critic averages over channels, so the per-modality terms are averaged.
-            losses["gan"] = sum(2 * generator_loss(self.critics(key, output.images[:, j]), train.gan_loss)
-                                for j, key in enumerate(self.modalities)) / len(self.modalities)
-            losses["total"] = (1 - weight) * image + weight * losses["gan"]
+        scores = self.critic_scores(output.images) if weight > 0 else None
+        losses = zero_imputation_losses(output.images, batch["targets"][rows], batch["present"].bool()[rows],
+                                        self.image_loss_weights, train.image_loss, scores, train.gan_loss, weight)
         losses["fake"] = output.images.detach()
         return losses
 
@@ -83,6 +75,7 @@ class M2DNModule(ZeroImputationGANModule):
     adam_betas = (0.9, 0.999)  # torch's default, as BBDM's
 
     def generator_losses(self, batch: dict[str, Tensor], subsets: Tensor) -> dict[str, Tensor]:
+        """The denoising loss of one random bridge step per (slice, subset) row (objective.m2dn_losses)."""
         train = self.run_config.train
         inputs, targets, present = batch["inputs"], batch["targets"], batch["present"].bool()
         passes, size = subsets.shape[0], inputs.shape[0]
@@ -93,6 +86,6 @@ class M2DNModule(ZeroImputationGANModule):
         # Inputs outside a row's subset are replaced by noise (M2DN.bridge_end), absent ones included.
         prediction = self.model.training_prediction(inputs[rows], subsets.repeat_interleave(size, dim=0), x0,
                                                     generator=self.latent_generator(inputs.device))
-        errors = image_error(prediction, targets[rows], train.image_loss) * self.image_loss_weights.to(targets)
-        image = (errors * observed).sum() / observed.sum().clamp(min=1)
-        return {"image": image, "total": image, "fake": prediction.detach()}
+        losses = m2dn_losses(prediction, targets[rows], observed, self.image_loss_weights, train.image_loss)
+        losses["fake"] = prediction.detach()
+        return losses

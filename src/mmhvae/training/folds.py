@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Which subjects train, validate and test: folds stratified by missingness pattern (Section 4.4.1), the test
+fold of a cross-validation run, and the validation subjects held out of training."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def cross_validation_split(data: str | Path, modalities: ModalitySet, folds: int
 
 
 # ----------------------------------------------------------------------------------------------------
-# The `mmhvae train` job
+# The subjects of a run
 # ----------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""Starting a run from existing weights: `--init-from` (a model file, possibly of a network that differs in
+the parts the run trains) and `--vit-weights` (ResViT's transformer from an ImageNet ViT checkpoint).
+
+Each returns the provenance the new model file records (path, checksum, and what started fresh or grew).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import numpy as np
 
 from mmhvae.config import RunConfig
 from mmhvae.errors import InputError
+from mmhvae.model.baselines.resvit import ResViT
+from mmhvae.model_file import load_model_file, weights_checksum
 from mmhvae.training.module import MMHVAEModule
 
 
@@ -25,8 +31,6 @@ def initialise_from(module: MMHVAEModule, path: str | Path, run: RunConfig) -> d
     model file's. A part that only gained tensors keeps every tensor it had and starts the new ones fresh: ResViT
     from its Res-CNN (the same network without transformer branches), as ResViT's authors train it.
     """
-    from mmhvae.model_file import load_model_file, weights_checksum
-
     if Path(path).suffix == ".npz":
         raise InputError("--init-from takes a model file; an ImageNet ViT checkpoint (.npz) goes to --vit-weights",
                          path)
@@ -72,8 +76,6 @@ def part_of(tensor_name: str) -> str:
 def initialise_from_vit(module: pl.LightningModule, path: str | Path) -> dict[str, Any]:
     """Load a Google-format ViT checkpoint (.npz) into a ResViT's shared transformer, live and EMA networks
     (`ResViT.load_vit_weights`), as ResViT's authors start from ImageNet-21k weights. Returns its provenance."""
-    from mmhvae.model.baselines.resvit import ResViT
-
     if not isinstance(module.model, ResViT):
         raise InputError("--vit-weights: an ImageNet ViT checkpoint is for ResViT's transformer (--method resvit)",
                          path)

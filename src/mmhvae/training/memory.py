@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The memory of recent real images that the critics of Algorithm 1 (lines 28-31) draw their "real" samples
+from when a batch's pattern misses their modality; saved in checkpoints so that a resumed run draws the same."""
 
 from __future__ import annotations
 

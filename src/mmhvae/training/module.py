@@ -1,4 +1,15 @@
-"""TODO docstring."""
+"""The Lightning module of MMHVAE: one step of Algorithm 1, validation, and the state an exact resume needs.
+
+One step: a batch of B slices sharing one missingness pattern r; T draws r' ~ p_alpha(. | r); for each r',
+fuse only the modalities in r', decode every modality, and score reconstruction (r' ⊂ r observed) and
+synthesis (observed in r, not in r') against the harmonised targets, plus the KL of Eq. 19 and, late in
+training, the GAN term of Eq. 16 (the maths: objective.py). Then one update of the per-modality critics
+(Algorithm 1, lines 27-35), whose "real" sample for a modality missing from the batch comes from a memory of
+recent real images.
+
+Each modality present in the batch is encoded once and its features are reused for the T draws (the
+draws are batched into one decoding pass), which is exact: the encoders see only their own modality.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +27,10 @@ from torch import Tensor
 from mmhvae.config import RunConfig, from_mapping
 from mmhvae.errors import InputError
 from mmhvae.modalities import ModalitySet, Subset, SubsetSampler
-from mmhvae.model.critic import ModalityCritics, critic_loss, generator_loss
+from mmhvae.model.critic import ModalityCritics, critic_loss
 from mmhvae.model.registry import build_network
 from mmhvae.training.memory import RealImageMemory
-from mmhvae.training.objective import gan_weight, image_error, kl_weight
+from mmhvae.training.objective import gan_weight, kl_weight, mmhvae_losses, with_adversarial_term
 
 
 class NonFiniteLossError(RuntimeError):
@@ -68,7 +79,7 @@ class MMHVAEModule(pl.LightningModule):
         self.rng = np.random.default_rng(train.seed)
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
-        self.minutes_before_this_session = 0.0  # training wall time of earlier sessions (restored on resume)
+        self.minutes_before_this_session = 0.0  # of earlier training sessions (calls of `train` on the run)
         self.session_started = time.monotonic()
         self.initialised_from: dict[str, Any] | None = None  # --init-from provenance, kept across resumes
         self.vit_weights_from: dict[str, Any] | None = None  # --vit-weights provenance (ResViT), likewise
@@ -132,25 +143,23 @@ class MMHVAEModule(pl.LightningModule):
         return self.model.decode(features.index(rows), subsets.repeat_interleave(size, dim=0), **decode_options), rows
 
     def generator_losses(self, batch: dict[str, Tensor], subsets: Tensor) -> dict[str, Tensor]:
-        """Eq. 19 averaged over the batch and the T draws, plus the GAN term of Eq. 16."""
+        """Eq. 19 averaged over the batch and the T draws, plus the GAN term of Eq. 16 once its weight is on
+        (objective.py); "fake" holds the decoded images for the critics' update."""
         train = self.run_config.train
-        inputs, targets, present = batch["inputs"], batch["targets"], batch["present"].bool()
         output, rows = self.decode_passes(batch, subsets, temperature=1.0,
-                                          generator=self.latent_generator(inputs.device))
-        observed = present[rows]
-        errors = image_error(output.images, targets[rows], train.image_loss) * self.image_loss_weights.to(inputs)
-        image = (errors * observed).sum(dim=1).mean()  # sum over modalities observed in r (Eq. 9)
-        pixels = inputs.shape[-1] * inputs.shape[-2] * len(self.modalities)
-        kl = output.kl_total.mean() / pixels  # nats per image pixel, as the authors normalise
-        losses = {"image": image, "kl": kl, "kl_weight": torch.tensor(kl_weight(self.global_step, train))}
-        losses["total"] = image + losses["kl_weight"] * kl
+                                          generator=self.latent_generator(batch["inputs"].device))
+        losses = mmhvae_losses(output.images, batch["targets"][rows], batch["present"].bool()[rows],
+                               output.kl_total, self.image_loss_weights, train.image_loss,
+                               kl_weight(self.global_step, train))
         weight = gan_weight(self.global_step, train)
-        if weight > 0:  # Eq. 16: every modality's synthesis should look real to its critic
-            losses["gan"] = sum(generator_loss(self.critics(key, output.images[:, j]), train.gan_loss)
-                                for j, key in enumerate(self.modalities))
-            losses["total"] = losses["total"] + weight * losses["gan"]
+        if weight > 0:
+            losses = with_adversarial_term(losses, self.critic_scores(output.images), train.gan_loss, weight)
         losses["fake"] = output.images.detach()
         return losses
+
+    def critic_scores(self, images: Tensor) -> list[Tensor]:
+        """Each modality's critic's scores of the images [N, M, H, W] decoded for it."""
+        return [self.critics(key, images[:, j]) for j, key in enumerate(self.modalities)]
 
     def critic_step(self, batch: dict[str, Tensor], fake: Tensor) -> Tensor | None:
         """Algorithm 1, lines 27-35: real (or remembered real) against synthesised, per modality."""

@@ -1,18 +1,14 @@
-"""Training MMHVAE with Lightning: Algorithm 1 of the paper.
+"""The `mmhvae train` job: a run folder (config.yaml, logs/session-<n>/, checkpoints/, model.pt) trained with
+Lightning, started fresh, resumed exactly after an interruption, or started from another model's weights.
 
-One step: a batch of B slices sharing one missingness pattern r; T draws r' ~ p_alpha(. | r); for each r',
-fuse only the modalities in r', decode every modality, and score reconstruction (r' ⊂ r observed) and
-synthesis (observed in r, not in r') against the harmonised targets, plus the KL of Eq. 19 and, late in
-training, the GAN term of Eq. 16. Then one update of the per-modality critics (Algorithm 1, lines 27-35),
-whose "real" sample for a modality missing from the batch comes from a memory of recent real images.
+`train(..., method=...)` (`mmhvae train --method`, methods.py) picks the Lightning module: mopoe, average and
+concat-zeros are MMHVAE configurations trained by `MMHVAEModule`'s step of Algorithm 1 (module.py); the
+zero-imputation generators (mmgan, resvit) have their own generator step in `ZeroImputationGANModule`, and the
+diffusion baseline m2dn its denoising step in `M2DNModule` (baseline_modules.py); all share everything else
+(data, critics, memory, EMA, checkpoints, resume, logging).
 
-Each modality present in the batch is encoded once and its features are reused for the T draws (the
-draws are batched into one decoding pass), which is exact: the encoders see only their own modality.
-
-Baselines (`train(..., method=...)`, `mmhvae train --method`, model/registry.py): mopoe, average and
-concat-zeros are MMHVAE configurations trained by this same step; the zero-imputation generators (mmgan,
-resvit) have their own generator step in `ZeroImputationGANModule`, and the diffusion baseline m2dn its denoising
-step in `M2DNModule`; both share everything else (data, critics, memory, EMA, checkpoints, resume, logging).
+Checkpoints are written through a temporary file and a rename, so a crash, a SIGKILL or a full disk while
+saving leaves the previous checkpoint intact for `--resume`.
 """
 
 from __future__ import annotations
@@ -26,11 +22,17 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import DDPStrategy
 
 from mmhvae.config import RunConfig, load_config, save_config, with_method
 from mmhvae.errors import InputError
+from mmhvae.io.files import atomic_path
 from mmhvae.model.registry import ZERO_IMPUTATION_NETWORKS
-from mmhvae.model_file import save_model_file
+from mmhvae.model_file import save_model_file, weights_checksum
 from mmhvae.training.baseline_modules import M2DNModule, ZeroImputationGANModule
 from mmhvae.training.data import SliceDataModule
 from mmhvae.training.folds import validation_subjects
@@ -41,24 +43,18 @@ MODEL_FILE = "model.pt"
 LAST_CHECKPOINT = "last.ckpt"
 
 
-def atomic_checkpoint_io():
+class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, but through a temporary file and a rename: a crash or SIGKILL while
     saving leaves the previous checkpoint intact, never a truncated one."""
-    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-    from mmhvae.io.files import atomic_path
-
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        def save_checkpoint(self, checkpoint, path, storage_options=None):
-            try:
-                with atomic_path(path) as tmp:
-                    torch.save(checkpoint, tmp)
-            except OSError as exc:  # full disk, quota, read-only folder: stop, keeping the last good checkpoint
-                reason = exc.strerror or str(exc).splitlines()[0]
-                raise InputError(f"cannot write the checkpoint ({reason}); training stopped, the previous "
-                                 f"checkpoint is intact: free space, then continue with --resume", path) from None
-
-    return AtomicCheckpointIO()
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+        except OSError as exc:  # full disk, quota, read-only folder: stop, keeping the last good checkpoint
+            reason = exc.strerror or str(exc).splitlines()[0]
+            raise InputError(f"cannot write the checkpoint ({reason}); training stopped, the previous "
+                             f"checkpoint is intact: free space, then continue with --resume", path) from None
 
 
 def is_not_a_lightning_tip(record: logging.LogRecord) -> bool:
@@ -74,16 +70,11 @@ def build_trainer(out: Path, run: RunConfig, devices: int = 1, nodes: int = 1, a
     `validates` False (no validation subjects) turns validation off, which Lightning would otherwise run on an
     empty loader with a warning that means nothing to the user.
     """
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
     train = run.train
     use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     precision = train.precision if train.precision != "auto" else ("bf16-mixed" if use_gpu else "32-true")
     strategy = "auto"
     if devices > 1 or nodes > 1:
-        from lightning.pytorch.strategies import DDPStrategy
-
         strategy = DDPStrategy(find_unused_parameters=True, process_group_backend=None if use_gpu else "gloo")
     checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                                   every_n_epochs=1, save_on_train_epoch_end=True, save_top_k=1, save_last=True)
@@ -103,7 +94,7 @@ def build_trainer(out: Path, run: RunConfig, devices: int = 1, nodes: int = 1, a
         limit_val_batches=8 if validates else 0,
         num_sanity_val_steps=0,
         callbacks=[checkpoints],
-        plugins=[atomic_checkpoint_io()],
+        plugins=[AtomicCheckpointIO()],
         logger=CSVLogger(out, name="logs", version=f"session-{session}"),
         log_every_n_steps=train.log_every,
         enable_progress_bar=progress,
@@ -128,7 +119,7 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
           vit_weights: str | Path | None = None) -> Path:
     """Train on a data folder; write the run folder (config, logs, checkpoints, model file). Returns the model.
 
-    `method` (model/registry.py METHODS; default: the config's train.method, "mmhvae") picks MMHVAE or a
+    `method` (methods.py METHODS; default: the config's train.method, "mmhvae") picks MMHVAE or a
     baseline; it is recorded in the run's config.yaml (train.method) and the model file's meta. A resumed run
     keeps its method.
 
@@ -142,73 +133,108 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
     """
     data, out = Path(data), Path(out)
     last = out / "checkpoints" / LAST_CHECKPOINT
-    # Lightning's DDP launcher re-runs this command in each extra process (LOCAL_RANK/NODE_RANK > 0): those
-    # follow the same settings and must neither refuse rank 0's fresh run folder nor rewrite its config.
-    launched_replica = os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
-    if launched_replica:
-        run = load_config(out / "config.yaml" if resume else config)
-    elif resume:
-        if not (out / "config.yaml").is_file():
-            raise InputError("--resume: no config.yaml in this run folder (nothing to resume)", out)
-        run = load_config(out / "config.yaml")
-        if not last.is_file():
-            warnings.warn(f"{out}: stopped before its first checkpoint; starting the run again from step 0",
-                          stacklevel=2)
-    else:
-        if (out / "config.yaml").exists():
-            raise InputError("run folder already holds a run (use --resume, or another --out)", out)
-        run = load_config(config)
-    if resume:
-        if method is not None and method != run.train.method:
-            raise InputError(f"--method {method}: this run trains {run.train.method!r}", out)
-        if last.is_file() and (init_from is not None or vit_weights is not None):
-            raise InputError("--resume continues from the run's checkpoint, which already holds the weights it "
-                             "started from: drop --init-from and --vit-weights", out)
-    else:
-        run = with_method(run, method or run.train.method)
+    replica = is_launched_replica()
+    run = run_config_to_train(out, config, resume, method, init_from, vit_weights, replica)
     changes = {k: v for k, v in {"max_steps": max_steps, "max_minutes": max_minutes, **(overrides or {})}.items()
                if v is not None}
     run = RunConfig(run.model, run.data, replace(run.train, **changes))
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(run.train.seed, workers=True, verbose=False)
     val_subjects = validation_subjects(data, run)
-    datamodule = SliceDataModule(data, run.data, batch_size=run.train.batch_size,
-                                 batches_per_epoch=run.train.checkpoint_every,
-                                 folds=run.train.folds, test_fold=run.train.test_fold,
-                                 val_subjects=val_subjects, seed=run.train.seed,
-                                 cache_dir=out / "cache", num_workers=run.train.num_workers)
+    datamodule = data_module_for(data, out, run, val_subjects)
     module = module_for(run)
-    starting_fresh = not (resume and last.is_file())
-    if init_from is not None and starting_fresh:
-        module.initialised_from = initialise_from(module, init_from, run)
-    if vit_weights is not None and starting_fresh:
-        if module.initialised_from is not None and "grown" not in module.initialised_from:
-            warnings.warn(f"--vit-weights replaces the transformer that {init_from} trained", stacklevel=2)
-        module.vit_weights_from = initialise_from_vit(module, vit_weights)
-    if not launched_replica:  # only now: a run refused above leaves no config.yaml, so the folder can be reused
+    continues_a_checkpoint = resume and last.is_file()
+    if not continues_a_checkpoint:
+        initialise(module, init_from, vit_weights, run)
+    if not replica:  # only now: a run refused above leaves no config.yaml, so the folder can be reused
         save_config(run, out / "config.yaml")
     session = len(list((out / "logs").glob("session-*")))
     trainer = build_trainer(out, run, devices, nodes, accelerator, progress, stop_at_step, session,
                             validates=bool(val_subjects))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None)
-    in_sync = replicas_in_sync(module.model)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if continues_a_checkpoint else None)
+    in_sync = replicas_in_sync(module.model)  # every rank takes part in this check
     model_path = out / MODEL_FILE
     if trainer.is_global_zero:
-        save_model_file(model_path, module.ema, run.data, meta={
-            "steps": int(trainer.global_step), "train_minutes": module.wall_minutes(),
-            "skipped_updates": module.nonfinite_total, "data": str(data), "config": run.to_dict(),
-            "world_size": int(trainer.world_size), "replicas_in_sync": in_sync, "init_from": module.initialised_from,
-            "vit_weights": module.vit_weights_from, "method": run.train.method,
-        })
+        write_model_file(model_path, trainer, module, run, data, in_sync)
     return model_path
+
+
+def is_launched_replica() -> bool:
+    """Whether this process is one Lightning's DDP launcher started (LOCAL_RANK or NODE_RANK > 0): it re-runs
+    the command with the same settings and must neither refuse rank 0's fresh run folder nor rewrite its config."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+def run_config_to_train(out: Path, config: str | Path, resume: bool, method: str | None,
+                        init_from: str | Path | None, vit_weights: str | Path | None, replica: bool) -> RunConfig:
+    """The run configuration of this call: the run folder's own when resuming, else `config` switched to
+    `method`. Refuses a fresh run in a folder that holds one, and a resume that asks for another method or
+    for starting weights its checkpoint already holds."""
+    last = out / "checkpoints" / LAST_CHECKPOINT
+    if replica:
+        run = load_config(out / "config.yaml" if resume else config)
+    elif resume:
+        run = run_config_to_resume(out, last)
+    else:
+        if (out / "config.yaml").exists():
+            raise InputError("run folder already holds a run (use --resume, or another --out)", out)
+        run = load_config(config)
+    if not resume:
+        return with_method(run, method or run.train.method)
+    if method is not None and method != run.train.method:
+        raise InputError(f"--method {method}: this run trains {run.train.method!r}", out)
+    if last.is_file() and (init_from is not None or vit_weights is not None):
+        raise InputError("--resume continues from the run's checkpoint, which already holds the weights it "
+                         "started from: drop --init-from and --vit-weights", out)
+    return run
+
+
+def run_config_to_resume(out: Path, last: Path) -> RunConfig:
+    """The configuration saved in a run folder; a run stopped before its first checkpoint starts again."""
+    if not (out / "config.yaml").is_file():
+        raise InputError("--resume: no config.yaml in this run folder (nothing to resume)", out)
+    run = load_config(out / "config.yaml")
+    if not last.is_file():
+        warnings.warn(f"{out}: stopped before its first checkpoint; starting the run again from step 0",
+                      stacklevel=4)
+    return run
+
+
+def data_module_for(data: Path, out: Path, run: RunConfig, val_subjects: list[str]) -> SliceDataModule:
+    """The slices of a run: batches of train.batch_size, an epoch of train.checkpoint_every steps, the run's
+    folds and validation subjects, prepared subjects cached in the run folder."""
+    return SliceDataModule(data, run.data, batch_size=run.train.batch_size,
+                           batches_per_epoch=run.train.checkpoint_every,
+                           folds=run.train.folds, test_fold=run.train.test_fold,
+                           val_subjects=val_subjects, seed=run.train.seed,
+                           cache_dir=out / "cache", num_workers=run.train.num_workers)
+
+
+def initialise(module: MMHVAEModule, init_from: str | Path | None, vit_weights: str | Path | None,
+               run: RunConfig) -> None:
+    """Start a fresh run from a model file's weights (`init_from`) and/or an ImageNet ViT checkpoint
+    (`vit_weights`, ResViT's transformer), recording where each came from in the module."""
+    if init_from is not None:
+        module.initialised_from = initialise_from(module, init_from, run)
+    if vit_weights is not None:
+        if module.initialised_from is not None and "grown" not in module.initialised_from:
+            warnings.warn(f"--vit-weights replaces the transformer that {init_from} trained", stacklevel=3)
+        module.vit_weights_from = initialise_from_vit(module, vit_weights)
+
+
+def write_model_file(path: Path, trainer: pl.Trainer, module: MMHVAEModule, run: RunConfig, data: Path,
+                     in_sync: bool) -> None:
+    """The model file of a run: the EMA weights, the preprocessing, and how they were trained (meta)."""
+    save_model_file(path, module.ema, run.data, meta={
+        "steps": int(trainer.global_step), "train_minutes": module.wall_minutes(),
+        "skipped_updates": module.nonfinite_total, "data": str(data), "config": run.to_dict(),
+        "world_size": int(trainer.world_size), "replicas_in_sync": in_sync, "init_from": module.initialised_from,
+        "vit_weights": module.vit_weights_from, "method": run.train.method,
+    })
 
 
 def replicas_in_sync(model: torch.nn.Module) -> bool:
     """In a distributed run, whether every rank holds bit-identical weights (True when not distributed)."""
-    import torch.distributed as dist
-
-    from mmhvae.model_file import weights_checksum
-
     if not (dist.is_available() and dist.is_initialized()):
         return True
     mine = weights_checksum(model.state_dict())

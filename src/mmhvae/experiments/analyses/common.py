@@ -1,18 +1,5 @@
-"""The two analyses of Section 6 of Dorent et al.: latent alignment (Fig. 4) and temperature (Fig. 5).
-
-`analyse_latent` (Section 6.1, Fig. 4): for one subject, the posterior mean of the finest latent group z_1
-(one C_1-vector per pixel) is computed from every non-empty subset of the subject's modalities. One PCA is
-fitted on pixel descriptors drawn from all subsets (the paper: N = 10,000 random pixels of one patient), the
-first three components are shown as RGB, one picture per input subset. If the mixture of products of experts
-aligns the modalities, the pictures look alike. Two numbers per subset make this quantitative: the mean
-per-pixel cosine similarity between its z_1 descriptors and those of the full input, and the linear CKA
-(centred kernel alignment) between the two descriptor sets.
-
-`analyse_temperature` (Section 6.2, Fig. 5): samples at several temperatures T (the posterior standard
-deviations scaled by T) for source -> target pairs (US -> T2 and US -> T1c by default): one figure for one
-subject, and PSNR/SSIM/LPIPS against the harmonised target inside the field of view (the scoring of
-`mmhvae.evaluate`), averaged over the subjects of a data folder.
-"""
+"""What the two analyses of Section 6 share: a model with latent variables to analyse, the subject to show,
+the refusal to overwrite an earlier analysis, and the look of their figures."""
 
 from __future__ import annotations
 
@@ -22,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmhvae.errors import InputError
+from mmhvae.errors import InputError, refuse_to_overwrite
 from mmhvae.inference.device import resolve_device
 from mmhvae.io.files import atomic_path
 from mmhvae.io.layouts import SubjectFiles
@@ -39,7 +26,7 @@ class AnalysisResult:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Shared helpers: model, subject, output files
+# Model, subject, output files
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -58,6 +45,7 @@ def subject_folder(files: SubjectFiles) -> Path:
 
 
 def find_subject(subjects: Sequence[SubjectFiles], name: str, data: Path) -> SubjectFiles:
+    """The subject called `name`; the error lists the subjects there are."""
     for files in subjects:
         if files.name == name:
             return files
@@ -65,10 +53,15 @@ def find_subject(subjects: Sequence[SubjectFiles], name: str, data: Path) -> Sub
     raise InputError(f"no subject '{name}' in the data folder (subjects: {known})", data)
 
 
-def refuse_to_overwrite(paths: Sequence[Path], overwrite: bool) -> None:
-    existing = [p for p in paths if p.exists()]
-    if existing and not overwrite:
-        raise InputError("the output folder already has this analysis (use --overwrite)", existing[0])
+def refuse_to_overwrite_analysis(paths: Sequence[Path], overwrite: bool) -> None:
+    """An earlier analysis in the output folder is kept unless --overwrite (the first file found is named)."""
+    for path in paths:
+        refuse_to_overwrite(path, overwrite, problem="the output folder already has this analysis")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------------
 
 
 def pyplot():
@@ -82,13 +75,12 @@ def pyplot():
 
 
 def save_figure(fig, png: Path, dpi: int = 100) -> Path:
+    """Write `fig` as a PNG (whole or not at all) and release it."""
     plt = pyplot()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return png
-
-
 
 
 def show_image(ax, image: np.ndarray, title: str | None = None, **imshow) -> None:
@@ -98,21 +90,3 @@ def show_image(ax, image: np.ndarray, title: str | None = None, **imshow) -> Non
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=8)
-
-
-def grey_range(target: np.ndarray, fov: np.ndarray) -> tuple[float, float]:
-    """Grey scale of one modality: background (-1) to the 99.5th percentile of its ground truth in the FOV."""
-    return -1.0, float(np.percentile(target[fov], 99.5)) if fov.any() else 1.0
-
-
-# ----------------------------------------------------------------------------------------------------
-# Section 6.1, Fig. 4: alignment of the z_1 representations across input subsets
-# ----------------------------------------------------------------------------------------------------
-
-
-def central_slices(slices: np.ndarray, count: int | None) -> np.ndarray:
-    """The `count` slices around the middle of the field-of-view sweep (all of them for None)."""
-    if count is None or count >= len(slices):
-        return np.asarray(slices)
-    start = (len(slices) - count) // 2
-    return np.asarray(slices[start:start + count])

@@ -1,7 +1,17 @@
-"""TODO docstring."""
+"""Section 6.1, Fig. 4 of Dorent et al.: do the modalities share one latent representation?
+
+For one subject, the posterior mean of the finest latent group z_1 (one C_1-vector per pixel) is computed from
+every non-empty subset of the subject's modalities. One PCA is fitted on pixel descriptors drawn from all
+subsets (the paper: N = 10,000 random pixels of one patient), the first three components are shown as RGB, one
+picture per input subset. If the mixture of products of experts aligns the modalities, the pictures look alike.
+Two numbers per subset make this quantitative: the mean per-pixel cosine similarity between its z_1
+descriptors and those of the full input, and the linear CKA (centred kernel alignment) between the two
+descriptor sets.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,21 +22,22 @@ import torch
 from mmhvae.errors import InputError
 from mmhvae.experiments.analyses.common import (
     AnalysisResult,
-    central_slices,
     find_subject,
     load_model,
     pyplot,
-    refuse_to_overwrite,
+    refuse_to_overwrite_analysis,
     save_figure,
     show_image,
     subject_folder,
 )
 from mmhvae.inference.predict import prepare_for_model
 from mmhvae.io.files import write_csv_atomic, write_text_atomic
-from mmhvae.io.layouts import discover_subjects
+from mmhvae.io.layouts import SubjectFiles, discover_subjects
 from mmhvae.io.subjects import load_subject
 from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, subset_label
 from mmhvae.preprocessing.prepare import PreparedSubject
+
+log = logging.getLogger(__name__)
 
 # Section 6.1: "randomly selecting N = 10,000 pixel representations from all slices ... and all combinations".
 PCA_PIXELS = 10_000
@@ -35,12 +46,20 @@ PCA_PIXELS = 10_000
 COLOUR_PERCENTILES = (1.0, 99.0)
 
 
+def central_slices(slices: np.ndarray, count: int | None) -> np.ndarray:
+    """The `count` slices around the middle of the field-of-view sweep (all of them for None)."""
+    if count is None or count >= len(slices):
+        return np.asarray(slices)
+    start = (len(slices) - count) // 2
+    return np.asarray(slices[start:start + count])
+
+
 @torch.inference_mode()
 def z1_maps(model, prepared: PreparedSubject, subsets: Sequence[Subset], slices: np.ndarray,
             temperature: float = 0.0, seed: int = 0, slice_batch: int = 8) -> dict[Subset, np.ndarray]:
     """Posterior mean of z_1 [S, C_1, H, W] on `slices` for each input subset.
 
-    As in `mmhvae.predict.synthesise`: each slice batch is encoded once and decoded for every subset. At
+    As in `mmhvae.inference.synthesis.synthesise`: each slice batch is encoded once and decoded for every subset. At
     temperature 0 (default) the coarser groups z_>1 are their posterior means too, so the descriptors are
     deterministic; a positive temperature samples z_>1 (seeded).
     """
@@ -195,53 +214,66 @@ def analyse_latent(model: Path, data: Path, out: Path, subject: str | None = Non
     """
     out = Path(out)
     png, table_csv, table_md = out / "latent_pca.png", out / "latent_similarity.csv", out / "latent.md"
+    check_latent_settings(slices, temperature, pca_pixels)
+    refuse_to_overwrite_analysis([png, table_csv, table_md], overwrite)
+    loaded = load_model(model, device)
+    modalities = ModalitySet(loaded.modalities)
+    files = subject_with_subsets(discover_subjects(data), subject, modalities, Path(data))
+    prepared = prepare_for_model(load_subject(files, modalities, loaded.preprocess.resample_to,
+                                              loaded.preprocess.nan_to_num), loaded)
+    chosen = central_slices(prepared.slices, slices)
+    if len(chosen) == 0:
+        raise InputError(f"subject '{files.name}' has an empty field of view", subject_folder(files))
+    subsets = non_empty_subsets(files.present(modalities))
+    full = subsets[-1]
+    maps = z1_maps(loaded.model, prepared, subsets, chosen, temperature, seed)
+    descriptors = {s: pixel_descriptors(m, prepared.fov[..., chosen]) for s, m in maps.items()}
+    pca, sample = fit_pca(descriptors, pca_pixels, seed)
+    write_latent_figure(png, prepared, maps, chosen, pca, colour_scale(pca, sample), subsets, modalities)
+
+    rows = latent_similarity_rows(descriptors, full, files.name)
+    write_csv_atomic(table_csv, rows, LATENT_FIELDS)
+    write_text_atomic(table_md, latent_markdown(rows, pca.explained_variance_ratio_, files.name, chosen,
+                                                temperature, len(sample)))
+    log.info(f"{files.name}: z1 from {len(subsets)} input subsets on {len(chosen)} slice(s); wrote {png}, "
+             f"{table_csv}, {table_md}")
+    return AnalysisResult(rows, [png, table_csv, table_md])
+
+
+def check_latent_settings(slices: int | None, temperature: float, pca_pixels: int) -> None:
     if slices is not None and slices < 1:
         raise InputError(f"--slices must be at least 1, got {slices}")
     if not (math.isfinite(temperature) and temperature >= 0):
         raise InputError(f"--temperature must be a finite number >= 0, got {temperature}")
     if pca_pixels < 3:
         raise InputError(f"the PCA needs at least 3 pixels, got {pca_pixels}")
-    refuse_to_overwrite([png, table_csv, table_md], overwrite)
-    loaded = load_model(model, device)
-    modalities = ModalitySet(loaded.modalities)
-    subjects = discover_subjects(data)
-    if subject is None:  # the richest subject: the most input subsets to compare
+
+
+def subject_with_subsets(subjects: Sequence[SubjectFiles], name: str | None, modalities: ModalitySet,
+                         data: Path) -> SubjectFiles:
+    """The subject called `name`, or by default the richest one (the most input subsets to compare); it needs
+    two of the model's modalities at least."""
+    if name is None:
         files = max(subjects, key=lambda f: len(f.present(modalities)))
     else:
-        files = find_subject(subjects, subject, Path(data))
+        files = find_subject(subjects, name, data)
     present = files.present(modalities)
     if len(present) < 2:
         raise InputError(f"subject '{files.name}' has {subset_label(present) or 'none'} of the model's modalities "
                          f"({','.join(modalities)}); comparing input subsets needs at least two",
                          subject_folder(files))
+    return files
 
-    prepared = prepare_for_model(load_subject(files, modalities, loaded.preprocess.resample_to,
-                                              loaded.preprocess.nan_to_num), loaded)
-    chosen = central_slices(prepared.slices, slices)
-    if len(chosen) == 0:
-        raise InputError(f"subject '{files.name}' has an empty field of view", subject_folder(files))
-    subsets = non_empty_subsets(present)
-    full = subsets[-1]
-    maps = z1_maps(loaded.model, prepared, subsets, chosen, temperature, seed)
-    fov = prepared.fov[..., chosen]
-    descriptors = {s: pixel_descriptors(m, fov) for s, m in maps.items()}
-    pca, sample = fit_pca(descriptors, pca_pixels, seed)
-    low, high = colour_scale(pca, sample)
 
-    # Figure: the middle analysed slice; the full input first, as the paper's panel (a).
+def write_latent_figure(png: Path, prepared: PreparedSubject, maps: dict[Subset, np.ndarray], chosen: np.ndarray,
+                        pca, scale: tuple[np.ndarray, np.ndarray], subsets: list[Subset],
+                        modalities: ModalitySet) -> Path:
+    """Fig. 4 on the middle analysed slice; the full input first, as the paper's panel (a)."""
     middle = len(chosen) // 2
     k = int(chosen[middle])
-    order = [full] + subsets[:-1]
-    rgb = {s: pca_rgb(pca, maps[s][middle], prepared.fov[..., k], low, high) for s in order}
-    images = {key: prepared.inputs[modalities.index(key), ..., k] for key in present}
+    full = subsets[-1]
+    rgb = {s: pca_rgb(pca, maps[s][middle], prepared.fov[..., k], *scale) for s in [full, *subsets[:-1]]}
+    images = {key: prepared.inputs[modalities.index(key), ..., k] for key in full}
     variance = ", ".join(f"PC{i + 1} {100 * v:.0f}%" for i, v in enumerate(pca.explained_variance_ratio_))
-    latent_figure(png, rgb, images, prepared.fov[..., k],
-                  f"{files.name}, slice {k}: first principal components of z1 as RGB ({variance})")
-
-    rows = latent_similarity_rows(descriptors, full, files.name)
-    write_csv_atomic(table_csv, rows, LATENT_FIELDS)
-    write_text_atomic(table_md, latent_markdown(rows, pca.explained_variance_ratio_, files.name, chosen,
-                                                temperature, len(sample)))
-    print(f"{files.name}: z1 from {len(subsets)} input subsets on {len(chosen)} slice(s); wrote {png}, "
-          f"{table_csv}, {table_md}")
-    return AnalysisResult(rows, [png, table_csv, table_md])
+    return latent_figure(png, rgb, images, prepared.fov[..., k],
+                         f"{prepared.name}, slice {k}: first principal components of z1 as RGB ({variance})")

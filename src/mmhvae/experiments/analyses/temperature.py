@@ -1,8 +1,14 @@
-"""TODO docstring."""
+"""Section 6.2, Fig. 5 of Dorent et al.: what the sampling temperature does to the syntheses.
+
+Samples at several temperatures T (the posterior standard deviations scaled by T) for source -> target pairs
+(US -> T2 and US -> T1c by default): one figure for one subject, and PSNR/SSIM/LPIPS against the harmonised
+target inside the field of view (the scoring of `mmhvae evaluate`), averaged over the subjects of a data folder.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,10 +22,9 @@ from mmhvae.evaluation.statistics import summarise
 from mmhvae.experiments.analyses.common import (
     AnalysisResult,
     find_subject,
-    grey_range,
     load_model,
     pyplot,
-    refuse_to_overwrite,
+    refuse_to_overwrite_analysis,
     save_figure,
     show_image,
     subject_folder,
@@ -30,6 +35,8 @@ from mmhvae.io.layouts import SubjectFiles, discover_subjects
 from mmhvae.modalities import ModalitySet, Subset, require_key, subset_label
 from mmhvae.model_file import LoadedModel
 from mmhvae.preprocessing.prepare import PreparedSubject
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TEMPERATURES = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_PAIRS = (("us", "t2"), ("us", "t1c"))
@@ -141,6 +148,11 @@ def figure_samples(loaded: LoadedModel, prepared: PreparedSubject, pair: Pair, t
     return images
 
 
+def grey_range(target: np.ndarray, fov: np.ndarray) -> tuple[float, float]:
+    """Grey scale of one modality: background (-1) to the 99.5th percentile of its ground truth in the FOV."""
+    return -1.0, float(np.percentile(target[fov], 99.5)) if fov.any() else 1.0
+
+
 def temperature_figure(png: Path, samples: dict[Pair, np.ndarray], truths: dict[Pair, np.ndarray], fov: np.ndarray,
                        temperatures: Sequence[float], title: str) -> Path:
     """Fig. 5: rows, temperatures; columns, for each pair, its samples and the ground truth."""
@@ -217,6 +229,8 @@ def temperature_markdown(summary: list[dict], spreads: dict[Pair, np.ndarray], t
 
 
 TEMPERATURE_FIELDS = ("subject", "slice", "temperature", "inputs", "target", "psnr", "ssim", "lpips")
+TEMPERATURE_OUTPUTS = ("temperature_samples.png", "temperature_metrics.csv", "temperature_summary.csv",
+                       "temperature.md", "temperature_plot.png")
 
 
 def analyse_temperature(model: Path, data: Path, out: Path, temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
@@ -232,54 +246,75 @@ def analyse_temperature(model: Path, data: Path, out: Path, temperatures: Sequen
     OUT/temperature_plot.png. Returns the summary rows.
     """
     out = Path(out)
-    names = ("temperature_samples.png", "temperature_metrics.csv", "temperature_summary.csv", "temperature.md",
-             "temperature_plot.png")
-    figure_png, slices_csv, summary_csv, table_md, plot_png = (out / n for n in names)
+    outputs = [out / n for n in TEMPERATURE_OUTPUTS]
     temperatures = check_temperatures(temperatures)
     if samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
-    refuse_to_overwrite([out / n for n in names], overwrite)
+    refuse_to_overwrite_analysis(outputs, overwrite)
     loaded = load_model(model, device)
-    modalities = ModalitySet(loaded.modalities)
-    pairs = parse_pairs(pairs, modalities)
+    pairs = parse_pairs(pairs, ModalitySet(loaded.modalities))
     subjects = discover_subjects(data)
+    shown = subject_to_show(subjects, pairs, subject, data)
+    rows, figure_subject = score_subjects(loaded, subjects, pairs, temperatures, with_lpips, seed, shown.name)
+    summary = summarise_over_subjects(rows)
+    summary.sort(key=lambda r: ([pair_label(p) for p in pairs].index(f"{r['inputs']} -> {r['target']}"),
+                                r["temperature"]))
+    write_temperature_outputs(outputs, loaded, figure_subject, pairs, temperatures, samples, seed, rows, summary,
+                              METRICS if with_lpips else METRICS[:2])
+    log.info(f"wrote {', '.join(map(str, outputs[:-1]))} and {outputs[-1]}")
+    return AnalysisResult(summary, outputs)
+
+
+def subject_to_show(subjects: Sequence[SubjectFiles], pairs: Sequence[Pair], name: str | None,
+                    data: str | Path) -> SubjectFiles:
+    """The figure's subject: `name`, or by default the first subject with every pair. Every pair must be
+    scorable on some subject of `data`."""
     for pair in pairs:
         if not any(has_pair(f, pair) for f in subjects):
             raise InputError(f"no subject has both the inputs and the ground truth of {pair_label(pair)}", data)
-    if subject is None:
+    if name is None:
         complete = [f for f in subjects if all(has_pair(f, p) for p in pairs)]
         if not complete:
             raise InputError("no subject has every pair's inputs and ground truth; name one with --subject", data)
-        shown = complete[0]
-    else:
-        shown = find_subject(subjects, subject, Path(data))
-        lacking = [pair_label(p) for p in pairs if not has_pair(shown, p)]
-        if lacking:
-            raise InputError(f"subject '{shown.name}' lacks a modality of {', '.join(lacking)}", subject_folder(shown))
+        return complete[0]
+    shown = find_subject(subjects, name, Path(data))
+    lacking = [pair_label(p) for p in pairs if not has_pair(shown, p)]
+    if lacking:
+        raise InputError(f"subject '{shown.name}' lacks a modality of {', '.join(lacking)}", subject_folder(shown))
+    return shown
 
+
+def score_subjects(loaded: LoadedModel, subjects: Sequence[SubjectFiles], pairs: Sequence[Pair],
+                   temperatures: Sequence[float], with_lpips: bool, seed: int,
+                   shown: str) -> tuple[list[dict], PreparedSubject]:
+    """Per-slice rows of every subject with some pair, and the prepared subject `shown` (for the figure)."""
     rows, figure_subject = [], None
     for files in subjects:
         wanted = [p for p in pairs if has_pair(files, p)]
         if not wanted:
-            print(f"{files.name}: skipped (has no pair's inputs and ground truth)")
+            log.info(f"{files.name}: skipped (has no pair's inputs and ground truth)")
             continue
         prepared = prepared_for_evaluation(files, loaded)
         rows += temperature_rows(loaded, prepared, wanted, temperatures, with_lpips, seed)
-        if files.name == shown.name:
+        if files.name == shown:
             figure_subject = prepared
-        print(f"{files.name}: {', '.join(pair_label(p) for p in wanted)} at {len(temperatures)} temperatures")
+        log.info(f"{files.name}: {', '.join(pair_label(p) for p in wanted)} at {len(temperatures)} temperatures")
     assert figure_subject is not None  # `shown` has every pair, so it was prepared above
-    summary = summarise_over_subjects(rows)
-    summary.sort(key=lambda r: ([pair_label(p) for p in pairs].index(f"{r['inputs']} -> {r['target']}"),
-                                r["temperature"]))
+    return rows, figure_subject
 
+
+def write_temperature_outputs(outputs: list[Path], loaded: LoadedModel, figure_subject: PreparedSubject,
+                              pairs: Sequence[Pair], temperatures: Sequence[float], samples: int, seed: int,
+                              rows: list[dict], summary: list[dict], metric_names: Sequence[str]) -> None:
+    """The figure of one subject's samples on its middle FOV slice, the two tables, the page and the plot."""
+    figure_png, slices_csv, summary_csv, table_md, plot_png = outputs
+    modalities = ModalitySet(loaded.modalities)
     k = int(figure_subject.slices[len(figure_subject.slices) // 2])
     fov = figure_subject.fov[..., k]
     images = {p: figure_samples(loaded, figure_subject, p, temperatures, k, samples, seed) for p in pairs}
     truths = {p: figure_subject.targets[modalities.index(p[1]), ..., k] for p in pairs}
     temperature_figure(figure_png, images, truths, fov, temperatures,
                        f"{figure_subject.name}, slice {k}: samples against temperature T")
-    metric_names = METRICS if with_lpips else METRICS[:2]
     summary_fields = ["inputs", "target", "temperature", "subjects", "slices"]
     summary_fields += [f"{n}_{s}" for n in metric_names for s in ("mean", "sd")]
     write_csv_atomic(slices_csv, rows, TEMPERATURE_FIELDS)
@@ -288,5 +323,3 @@ def analyse_temperature(model: Path, data: Path, out: Path, temperatures: Sequen
     write_text_atomic(table_md, temperature_markdown(summary, spreads, temperatures, metric_names,
                                                      figure_subject.name, k))
     temperature_plot(plot_png, summary, metric_names)
-    print(f"wrote {figure_png}, {slices_csv}, {summary_csv}, {table_md} and {plot_png}")
-    return AnalysisResult(summary, [figure_png, slices_csv, summary_csv, table_md, plot_png])

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Labelled ultrasound for the segmentation task (Section 4.4.3): the tumour-core mask of a label map,
+acquired B-mode volumes on the [0, 1] scale of synthetic ultrasound, and the voxel-size check that keeps a
+network on the grid it was trained at."""
 
 from __future__ import annotations
 

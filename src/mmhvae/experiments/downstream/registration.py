@@ -17,6 +17,7 @@ information (MR vs ultrasound) or global correlation (MR vs synthetic MR of the 
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import warnings
@@ -26,10 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import wilcoxon
 
-from mmhvae.errors import InputError
+from mmhvae.errors import InputError, refuse_to_overwrite
 from mmhvae.evaluation.scoring import method_names
+from mmhvae.evaluation.statistics import paired_p_value, significantly_lowest
+from mmhvae.evaluation.tables import markdown_lines, table_row
 from mmhvae.experiments.downstream.rigid import (
     METRICS,
     RegistrationSettings,
@@ -45,7 +47,7 @@ from mmhvae.inference.device import resolve_device
 from mmhvae.inference.predict import back_to_grid, prepare_for_model, to_intensities
 from mmhvae.inference.synthesis import DEFAULT_TEMPERATURE, synthesise
 from mmhvae.io.files import write_csv_atomic, write_text_atomic
-from mmhvae.io.layouts import discover_subjects
+from mmhvae.io.layouts import SubjectFiles, discover_subjects
 from mmhvae.io.subjects import Subject, load_subject
 from mmhvae.modalities import ULTRASOUND, ModalitySet, parse_modality_list
 from mmhvae.model_file import LoadedModel, load_model_file
@@ -59,6 +61,9 @@ INITIAL_METHOD = "initial"  # the displacement before registration
 SIGNIFICANCE_LEVEL = 0.05  # Table III: paired Wilcoxon signed-rank test, p < 0.05
 CSV_FIELDS = ("subject", "sequence", "range_mm", "displacement", "method", "metric", "initial_median_mm",
               "tre_mean_mm", "tre_median_mm", "tre_max_mm", "failed", "seconds")
+SUMMARY_FIELDS = ("sequence", "range_mm", "method", "trials", "tre_mean_mm", "tre_sd_mm", "failed", "p_vs_direct")
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -163,14 +168,6 @@ def register_subject(subject: Subject, synthetic: dict[str, dict[str, np.ndarray
     return rows
 
 
-def paired_p_value(first: Sequence[float], second: Sequence[float]) -> float:
-    """Two-sided paired Wilcoxon signed-rank p-value; 1 when the pairs do not differ at all."""
-    differences = np.asarray(first, float) - np.asarray(second, float)
-    if len(differences) == 0 or np.all(differences == 0):
-        return 1.0
-    return float(wilcoxon(first, second, zero_method="wilcox").pvalue)
-
-
 def summarise(rows: Sequence[dict]) -> list[dict]:
     """Per (sequence, range, method): mean and sd over trials of the per-trial mean TRE, failures, and the paired
     Wilcoxon p-value against direct registration to the acquired ultrasound (same trials)."""
@@ -194,25 +191,21 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
     return summary
 
 
-def significantly_best(rows: Sequence[dict], sequence: str, range_mm: str, methods: Sequence[str],
-                       alpha: float = SIGNIFICANCE_LEVEL) -> str | None:
-    """The registration method with the lowest mean TRE if a paired Wilcoxon test puts it below every other
-    method at p < alpha (Table III's bold), else None."""
+def trial_errors(rows: Sequence[dict], sequence: str, range_mm: str, methods: Sequence[str]
+                 ) -> dict[str, dict[tuple, float]]:
+    """Per method, the mean TRE of each trial (subject, displacement) of one sequence and range."""
     trials: dict[str, dict[tuple, float]] = defaultdict(dict)
     for row in rows:
         if row["sequence"] == sequence and row["range_mm"] == range_mm and row["method"] in methods:
             trials[row["method"]][(row["subject"], row["displacement"])] = float(row["tre_mean_mm"])
-    if len(trials) < 2:
-        return None
-    best = min(trials, key=lambda m: np.mean(list(trials[m].values())))
-    units = sorted(trials[best])
-    for other in trials:
-        if other == best:
-            continue
-        p_value = paired_p_value([trials[best][u] for u in units], [trials[other][u] for u in units])
-        if p_value >= alpha:
-            return None
-    return best
+    return trials
+
+
+def significantly_best(rows: Sequence[dict], sequence: str, range_mm: str, methods: Sequence[str],
+                       alpha: float = SIGNIFICANCE_LEVEL) -> str | None:
+    """The registration method with the lowest mean TRE if a paired Wilcoxon test puts it below every other
+    method at p < alpha (Table III's bold), else None."""
+    return significantly_lowest(trial_errors(rows, sequence, range_mm, methods), alpha)
 
 
 def markdown_table(rows: Sequence[dict], methods: Sequence[str], sequences: Sequence[str],
@@ -234,8 +227,7 @@ def markdown_table(rows: Sequence[dict], methods: Sequence[str], sequences: Sequ
         if not any((sequence, label, INITIAL_METHOD) in summary for label in labels):
             continue
         best = {label: significantly_best(rows, sequence, label, registration_methods) for label in labels}
-        lines += [f"## {sequence}", "", "| method | " + " | ".join(labels) + " |",
-                  "|---|" + "---|" * len(labels)]
+        lines += [f"## {sequence}", ""] + markdown_lines(["method", *labels])
         for method in [INITIAL_METHOD, *registration_methods]:
             cells = []
             for label in labels:
@@ -244,18 +236,67 @@ def markdown_table(rows: Sequence[dict], methods: Sequence[str], sequences: Sequ
                 if entry is not None and entry["failed"]:
                     text += f" [{entry['failed']} failed]"
                 cells.append(f"**{text}**" if best[label] == method else text)
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append(table_row([method, *cells]))
         if methods:
-            lines += ["", f"Wilcoxon p vs {DIRECT_METHOD} ({sequence}):", "",
-                      "| method | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-            for method in methods:
-                cells = [f"{summary[(sequence, label, method)]['p_vs_direct']:.2g}"
-                         if (sequence, label, method) in summary else "-" for label in labels]
-                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            p_values = [[method] + [f"{summary[(sequence, label, method)]['p_vs_direct']:.2g}"
+                                    if (sequence, label, method) in summary else "-" for label in labels]
+                        for method in methods]
+            lines += ["", f"Wilcoxon p vs {DIRECT_METHOD} ({sequence}):", ""] + markdown_lines(["method", *labels],
+                                                                                              p_values)
         lines.append("")
     return "\n".join(lines)
 
 
+def checked_options(displacements_per_range: int, synthetic_metric: str, ranges: Sequence[tuple[float, float]],
+                    sequences: Sequence[str]) -> tuple[tuple[tuple[float, float], ...], tuple[str, ...]]:
+    """The experiment's ranges (as floats) and MR sequences, or an InputError before anything is read."""
+    if displacements_per_range < 1:
+        raise InputError(f"--displacements must be at least 1, got {displacements_per_range}")
+    if synthetic_metric not in METRICS:
+        raise InputError(f"unknown registration metric '{synthetic_metric}' (choose {' or '.join(METRICS)})")
+    ranges = tuple((float(low), float(high)) for low, high in ranges)
+    for low, high in ranges:
+        if not 0 <= low < high:
+            raise InputError(f"a displacement range needs 0 <= low < high (got {low:g}-{high:g} mm)")
+    sequences = parse_modality_list(sequences)
+    if ULTRASOUND in sequences:
+        raise InputError("--sequences lists the MR sequences to register; the ultrasound is the fixed image")
+    return ranges, sequences
+
+
+def load_compared_models(models: Sequence[str | Path], sequences: Sequence[str], device: str
+                         ) -> tuple[list[LoadedModel], list[str]]:
+    """The synthesis models (each must handle the ultrasound and `sequences`) and their row names."""
+    paths = [Path(m) for m in models]
+    loaded = [load_model_file(p, resolve_device(device)) for p in paths]
+    _check_models(paths, loaded, sequences)
+    names = method_names(paths, loaded) if loaded else []
+    if DIRECT_METHOD in names or INITIAL_METHOD in names:
+        raise InputError(f"a model's method name clashes with the row '{DIRECT_METHOD}' or '{INITIAL_METHOD}'")
+    return loaded, names
+
+
+def subject_to_register(files: SubjectFiles, sequences: Sequence[str]) -> Subject | None:
+    """The subject's ultrasound and MR sequences of `sequences`; None (and a message) when it lacks either."""
+    wanted = [k for k in (ULTRASOUND, *sequences) if k in files.modalities]
+    if ULTRASOUND not in wanted or len(wanted) < 2:
+        log.info(f"{files.name}: skipped (needs an ultrasound and one of {','.join(sequences)})")
+        return None
+    with warnings.catch_warnings():  # leaving out the subject's other modalities is intended here
+        warnings.filterwarnings("ignore", message=".*ignoring modalities")
+        return load_subject(files, wanted)
+
+
+def settings_note(settings: RegistrationSettings, synthetic_metric: str, displacements_per_range: int, seed: int,
+                  temperature: float) -> str:
+    """How the trials were run, for the table's page."""
+    return (f"Settings: SimpleITK rigid Euler3D about the field-of-view centre; Mattes mutual information "
+            f"({settings.histogram_bins} bins) to the ultrasound, {synthetic_metric} to synthetic MR; shrink factors "
+            f"{','.join(map(str, settings.shrink_factors))}, smoothing sigmas "
+            f"{','.join(f'{v:g}' for v in settings.smoothing_sigmas)} voxels; regular-step gradient descent, "
+            f"{settings.iterations} iterations per level; {settings.sampling_percentage:.0%} of the voxels sampled "
+            f"(seed {settings.seed}); {displacements_per_range} displacements per range (seed {seed}); synthesis at "
+            f"temperature {temperature:g} from the ultrasound alone.")
 
 
 def registration_experiment(models: Sequence[str | Path], data: str | Path, out: str | Path,
@@ -274,35 +315,16 @@ def registration_experiment(models: Sequence[str | Path], data: str | Path, out:
     range, so every method sees the same displacements: paired tests).
     """
     out = Path(out)
-    if (out / "registration.csv").exists() and not overwrite:
-        raise InputError("the output folder already has results (use --overwrite)", out)
-    if displacements_per_range < 1:
-        raise InputError(f"--displacements must be at least 1, got {displacements_per_range}")
-    if synthetic_metric not in METRICS:
-        raise InputError(f"unknown registration metric '{synthetic_metric}' (choose {' or '.join(METRICS)})")
-    ranges = tuple((float(low), float(high)) for low, high in ranges)
-    for low, high in ranges:
-        if not 0 <= low < high:
-            raise InputError(f"a displacement range needs 0 <= low < high (got {low:g}-{high:g} mm)")
-    sequences = parse_modality_list(sequences)
-    if ULTRASOUND in sequences:
-        raise InputError("--sequences lists the MR sequences to register; the ultrasound is the fixed image")
-    paths = [Path(m) for m in models]
-    loaded = [load_model_file(p, resolve_device(device)) for p in paths]
-    _check_models(paths, loaded, sequences)
-    names = method_names(paths, loaded) if loaded else []
-    if DIRECT_METHOD in names or INITIAL_METHOD in names:
-        raise InputError(f"a model's method name clashes with the row '{DIRECT_METHOD}' or '{INITIAL_METHOD}'")
+    refuse_to_overwrite(out, overwrite, exists=(out / "registration.csv").exists(),
+                        problem="the output folder already has results")
+    ranges, sequences = checked_options(displacements_per_range, synthetic_metric, ranges, sequences)
+    loaded, names = load_compared_models(models, sequences, device)
     rows = []
     for files in discover_subjects(data):
-        wanted = [k for k in (ULTRASOUND, *sequences) if k in files.modalities]
-        if ULTRASOUND not in wanted or len(wanted) < 2:
-            print(f"{files.name}: skipped (needs an ultrasound and one of {','.join(sequences)})")
-            continue
         tic = time.perf_counter()
-        with warnings.catch_warnings():  # leaving out the subject's other modalities is intended here
-            warnings.filterwarnings("ignore", message=".*ignoring modalities")
-            subject = load_subject(files, wanted)
+        subject = subject_to_register(files, sequences)
+        if subject is None:
+            continue
         present = [k for k in sequences if k in subject.volumes]
         synthetic = {name: synthesise_from_ultrasound(each, subject, present, temperature)
                      for name, each in zip(names, loaded)}
@@ -310,19 +332,12 @@ def registration_experiment(models: Sequence[str | Path], data: str | Path, out:
                                         synthetic_metric, settings)
         rows += subject_rows
         registrations = sum(row["method"] != INITIAL_METHOD for row in subject_rows)
-        print(f"{files.name}: {registrations} registrations of {','.join(present)} in "
-              f"{time.perf_counter() - tic:.1f} s")
+        log.info(f"{files.name}: {registrations} registrations of {','.join(present)} in "
+                 f"{time.perf_counter() - tic:.1f} s")
     if not rows:
         raise InputError(f"no subject has both an ultrasound and one of {','.join(sequences)}", data)
     write_csv_atomic(out / "registration.csv", rows, CSV_FIELDS)
-    write_csv_atomic(out / "registration-summary.csv", summarise(rows),
-                   ("sequence", "range_mm", "method", "trials", "tre_mean_mm", "tre_sd_mm", "failed", "p_vs_direct"))
-    how = (f"Settings: SimpleITK rigid Euler3D about the field-of-view centre; Mattes mutual information "
-           f"({settings.histogram_bins} bins) to the ultrasound, {synthetic_metric} to synthetic MR; shrink factors "
-           f"{','.join(map(str, settings.shrink_factors))}, smoothing sigmas "
-           f"{','.join(f'{v:g}' for v in settings.smoothing_sigmas)} voxels; regular-step gradient descent, "
-           f"{settings.iterations} iterations per level; {settings.sampling_percentage:.0%} of the voxels sampled "
-           f"(seed {settings.seed}); {displacements_per_range} displacements per range (seed {seed}); synthesis at "
-           f"temperature {temperature:g} from the ultrasound alone.")
+    write_csv_atomic(out / "registration-summary.csv", summarise(rows), SUMMARY_FIELDS)
+    how = settings_note(settings, synthetic_metric, displacements_per_range, seed, temperature)
     write_text_atomic(out / "registration.md", markdown_table(rows, names, sequences, ranges, how))
     return rows

@@ -1,8 +1,11 @@
-"""TODO docstring."""
+"""Rigid (6 degrees of freedom) MR-ultrasound registration with SimpleITK (Section 4.4.4), the target
+registration error between two transforms, random rigid displacements of a given median size (Table III's
+ranges), and the single-pair `mmhvae register` command."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +15,7 @@ import SimpleITK as sitk
 from scipy.optimize import brentq
 from scipy.spatial.transform import Rotation
 
-from mmhvae.errors import InputError
+from mmhvae.errors import InputError, refuse_to_overwrite
 from mmhvae.io.files import atomic_path
 from mmhvae.io.volumes import Volume, read_volume, sitk_from_volume, write_volume
 from mmhvae.preprocessing.masks import ultrasound_fov_mask
@@ -20,6 +23,8 @@ from mmhvae.preprocessing.masks import ultrasound_fov_mask
 METRICS = ("mattes", "correlation")
 SOLVE_POINTS = 100_000  # points used to solve for a displacement's size (the median is checked on all)
 RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])  # NIfTI affines are RAS, SimpleITK physical space is LPS
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -281,8 +286,7 @@ def run_register(fixed: str | Path, moving: str | Path, out: str | Path, metric:
     transform_path = transform_path_for(out)
     if metric not in METRICS:
         raise InputError(f"unknown --metric '{metric}' (choose {' or '.join(METRICS)})")
-    if not overwrite and (out.exists() or transform_path.exists()):
-        raise InputError("the output already exists (use --overwrite)", out if out.exists() else transform_path)
+    refuse_to_overwrite(out if out.exists() else transform_path, overwrite, problem="the output already exists")
     fixed_volume, moving_volume = read_volume(fixed), read_volume(moving)
     for volume in (fixed_volume, moving_volume):
         if volume.array.max() <= volume.array.min():
@@ -301,7 +305,7 @@ def run_register(fixed: str | Path, moving: str | Path, out: str | Path, metric:
     with atomic_path(transform_path) as tmp:
         sitk.WriteTransform(result.transform, str(tmp))
     moved = displacement_mm(result.transform, voxel_points_mm(fov, fixed_volume.affine))
-    print(f"registered {Path(moving).name} to {Path(fixed).name} ({metric}): {result.iterations} iterations at the "
-          f"last level, field-of-view voxels moved by {np.median(moved):.2f} mm (median); wrote {out} and "
-          f"{transform_path.name}")
+    log.info(f"registered {Path(moving).name} to {Path(fixed).name} ({metric}): {result.iterations} iterations at "
+             f"the last level, field-of-view voxels moved by {np.median(moved):.2f} mm (median); wrote {out} and "
+             f"{transform_path.name}")
     return out, transform_path

@@ -4,7 +4,7 @@ and 5.3 (Table IV).
 The paper's protocol and ours:
 
 - Training data (paper: UPenn-GBM, MR with tumour labels and no ultrasound, cropped to virtual ultrasound
-  sweeps): an MR-only cohort with complete MR and label maps. Phantom cohorts (`mmhvae.data.phantom`) serve:
+  sweeps): an MR-only cohort with complete MR and label maps. Phantom cohorts (`mmhvae.phantom`) serve:
   their MR is already cropped to the probe's fan (the "virtual sweep"); their simulated ultrasound is
   ignored.
 - Each synthesis method synthesises ultrasound from every non-empty subset of a subject's MR sequences (7 for
@@ -27,7 +27,7 @@ label 2 with oedema), so subjects whose tumour core is empty are left out of tra
 holds glioblastomas only; Dice and ASSD are undefined without a reference tumour); the table says how many.
 
 Intensities: the synthesis models learnt ultrasound as the normalised input (Section 4.4.1) and
-`mmhvae.predict.to_intensities` maps their output to [0, 1]; acquired ultrasound gets the same two steps, so
+`mmhvae.inference.predict.to_intensities` maps their output to [0, 1]; acquired ultrasound gets the same two steps, so
 synthetic training images and acquired test images share one scale.
 
 Grid: networks work on 2D slices along the third axis (the sweep) and remember the in-plane voxel size they
@@ -36,6 +36,7 @@ were trained at; a volume of another voxel size is refused (resample it first).
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import warnings
@@ -48,8 +49,9 @@ import torch
 from monai.metrics import compute_average_surface_distance, compute_dice
 
 from mmhvae import __version__
-from mmhvae.errors import InputError
+from mmhvae.errors import InputError, refuse_to_overwrite
 from mmhvae.evaluation.scoring import method_names
+from mmhvae.evaluation.tables import markdown_lines
 from mmhvae.experiments.downstream.labelled_ultrasound import (
     TUMOUR_CORE_LABELS,
     LabelledVolume,
@@ -77,6 +79,8 @@ from mmhvae.model_file import LoadedModel, load_model_file
 SUPERVISED_METHOD = "fully supervised"
 CSV_FIELDS = ("method", "test_set", "subject", "dice", "assd_mm", "empty_prediction", "predicted_voxels",
               "reference_voxels")
+
+log = logging.getLogger(__name__)
 
 
 def mr_only(files: SubjectFiles, modalities: ModalitySet) -> SubjectFiles:
@@ -185,21 +189,22 @@ def markdown_table(rows: Sequence[dict]) -> str:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     test_sets = list(dict.fromkeys(r["test_set"] for r in rows))
     header = ["method"] + [f"{t} {m}" for t in test_sets for m in ("Dice (%)", "ASSD (mm)")]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table = []
     for method in methods:
         cells = [method]
         for test_set in test_sets:
-            cell = [r for r in rows if r["method"] == method and r["test_set"] == test_set]
-            if not cell:
-                cells += ["", ""]
-                continue
-            empty = sum(bool(r["empty_prediction"]) for r in cell)
-            note = f" ({empty}/{len(cell)} empty)" if empty else ""
-            cells += [median_iqr([r["dice"] for r in cell], 100.0), median_iqr([r["assd_mm"] for r in cell]) + note]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            cells += score_cells([r for r in rows if r["method"] == method and r["test_set"] == test_set])
+        table.append(cells)
+    return "\n".join(markdown_lines(header, table))
 
 
+def score_cells(rows: Sequence[dict]) -> list[str]:
+    """The Dice (%) and ASSD cells of one method on one test set; empty cells when it has no scores there."""
+    if not rows:
+        return ["", ""]
+    empty = sum(bool(r["empty_prediction"]) for r in rows)
+    note = f" ({empty}/{len(rows)} empty)" if empty else ""
+    return [median_iqr([r["dice"] for r in rows], 100.0), median_iqr([r["assd_mm"] for r in rows]) + note]
 
 
 def file_stem(method: str) -> str:
@@ -270,8 +275,8 @@ def segmentation_experiment(models: Sequence[Path], mr_cohort: Path, test_cohort
     and OUT/networks/<method>.pt (each usable by `segment_ultrasound`). Returns the rows.
     """
     out = Path(out)
-    if (out / "table.md").exists() and not overwrite:
-        raise InputError("the output folder already has results (use --overwrite)", out)
+    refuse_to_overwrite(out, overwrite, exists=(out / "table.md").exists(),
+                        problem="the output folder already has results")
     if steps < 1:
         raise InputError(f"the number of training steps must be at least 1 (got {steps})")
     # Everything is read and checked before the long synthesis and training.
@@ -290,17 +295,17 @@ def segmentation_experiment(models: Sequence[Path], mr_cohort: Path, test_cohort
         for v in supervised:
             check_spacing(v.spacing_mm, spacing, Path(supervised_cohort) / v.subject, f"supervised '{v.subject}'")
 
-    rows, log, notes = [], [], []
+    rows, loss_log, notes = [], [], []
     for each, name in zip(loaded, names):
         started = time.perf_counter()
         volumes, left_out = synthetic_training_volumes(each, mr_subjects, temperature, seed)
         per_subject = (time.perf_counter() - started) / max(len(mr_subjects) - len(left_out), 1)
-        print(f"{name}: {len(volumes)} synthetic ultrasound volumes, {per_subject:.1f} s per MR subject")
+        log.info(f"{name}: {len(volumes)} synthetic ultrasound volumes, {per_subject:.1f} s per MR subject")
         segmenter, losses, per_step = train_and_save(volumes, steps, seed, folds, batch_size, learning_rate,
                                                      f"ultrasound synthesised by {name} from {mr_cohort}",
                                                      torch_device, out / "networks" / f"{file_stem(name)}.pt")
         rows += evaluate_segmenter(segmenter, name, test_sets)
-        log += [{"method": name, **r} for r in losses]
+        loss_log += [{"method": name, **r} for r in losses]
         notes.append(f"{name}: {len(volumes)} synthetic volume(s) (MR subjects of {mr_cohort} x their MR subsets), "
                      f"{per_subject:.1f} s synthesis per subject, {per_step:.3f} s per training step"
                      f"{left_out_note(left_out)}")
@@ -309,10 +314,10 @@ def segmentation_experiment(models: Sequence[Path], mr_cohort: Path, test_cohort
                                                      f"acquired ultrasound of {supervised_cohort}", torch_device,
                                                      out / "networks" / f"{file_stem(SUPERVISED_METHOD)}.pt")
         rows += evaluate_segmenter(segmenter, SUPERVISED_METHOD, test_sets)
-        log += [{"method": SUPERVISED_METHOD, **r} for r in losses]
+        loss_log += [{"method": SUPERVISED_METHOD, **r} for r in losses]
         notes.append(f"{SUPERVISED_METHOD}: {len(supervised)} acquired ultrasound volume(s) of {supervised_cohort}, "
                      f"{per_step:.3f} s per training step{left_out_note(supervised_left_out)}")
-    write_experiment_results(out, rows, log, notes + test_notes, steps, folds, seed, worst_case_note(test_sets))
+    write_experiment_results(out, rows, loss_log, notes + test_notes, steps, folds, seed, worst_case_note(test_sets))
     return rows
 
 
@@ -325,7 +330,7 @@ def train_and_save(volumes: Sequence[LabelledVolume], steps: int, seed: int, fol
                                         device=device)
     seconds = time.perf_counter() - started
     save_segmenter(path, segmenter)
-    print(f"  trained {folds} x {steps} steps in {seconds:.0f} s (last loss {losses[-1]['loss']:.3f}) -> {path}")
+    log.info(f"  trained {folds} x {steps} steps in {seconds:.0f} s (last loss {losses[-1]['loss']:.3f}) -> {path}")
     return segmenter, losses, seconds / (steps * folds)
 
 
@@ -335,11 +340,11 @@ def worst_case_note(test_sets: dict[str, Sequence[LabelledVolume]]) -> str:
     return ", ".join(f"{d:g}" for d in distances)
 
 
-def write_experiment_results(out: Path, rows: list[dict], log: list[dict], notes: list[str], steps: int, folds: int,
-                             seed: int, worst_case: str) -> None:
+def write_experiment_results(out: Path, rows: list[dict], loss_log: list[dict], notes: list[str], steps: int,
+                             folds: int, seed: int, worst_case: str) -> None:
     """segmentation.csv, training-loss.csv and table.md (the table with what it was computed from)."""
     write_csv_atomic(out / "segmentation.csv", rows, CSV_FIELDS)
-    write_csv_atomic(out / "training-loss.csv", log, ("method", "fold", "step", "loss"))
+    write_csv_atomic(out / "training-loss.csv", loss_log, ("method", "fold", "step", "loss"))
     text = (
         "# Tumour segmentation in acquired ultrasound, learnt from synthetic ultrasound (Table IV analogue)\n\n"
         + markdown_table(rows) + "\n\n"
@@ -352,7 +357,7 @@ def write_experiment_results(out: Path, rows: list[dict], log: list[dict], notes
         + f"\nmmhvae {__version__}\n"
     )
     write_text_atomic(out / "table.md", text)
-    print(f"wrote {out / 'segmentation.csv'} and {out / 'table.md'}")
+    log.info(f"wrote {out / 'segmentation.csv'} and {out / 'table.md'}")
 
 
 def train_segmentation_network(data: Path, out: Path, steps: int = DEFAULT_STEPS, seed: int = 0,
@@ -362,8 +367,7 @@ def train_segmentation_network(data: Path, out: Path, steps: int = DEFAULT_STEPS
     """One segmentation network file: trained on ultrasound that `model` synthesises from the MR (and labels) of
     `data`, or, without `model`, on the acquired labelled ultrasound of `data` (the fully supervised baseline)."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise InputError("the output file already exists (use --overwrite)", out)
+    refuse_to_overwrite(out, overwrite, problem="the output file already exists")
     torch_device = resolve_device(device)
     if model is None:
         volumes, _ = load_labelled_ultrasound(data)

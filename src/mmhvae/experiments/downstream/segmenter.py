@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The ultrasound tumour segmenter of Table IV: a 2D MONAI UNet (or a fold ensemble of them), its training on
+labelled ultrasound slices, its verified file format, and the segmentation of one volume
+(`mmhvae segment apply`)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from mmhvae import __version__
-from mmhvae.errors import InputError
+from mmhvae.errors import InputError, refuse_to_overwrite
 from mmhvae.experiments.downstream.labelled_ultrasound import (
     TUMOUR_CORE_LABELS,
     LabelledVolume,
@@ -274,8 +276,7 @@ def segment_ultrasound(network: str | Path, image: str | Path, out: str | Path, 
                        device: str = "cpu") -> Path:
     """Segment the tumour in one acquired ultrasound volume; writes a uint8 mask (1 tumour) on its grid."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise InputError("the output file already exists (use --overwrite)", out)
+    refuse_to_overwrite(out, overwrite, problem="the output file already exists")
     segmenter = load_segmenter(network, resolve_device(device))
     volume = read_volume(image)
     check_spacing(volume.zooms, segmenter.config.spacing_mm, volume.path, "ultrasound volume")

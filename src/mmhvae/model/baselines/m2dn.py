@@ -10,8 +10,8 @@ So: a Brownian bridge (BBDM, Li et al., CVPR 2023; `distributions.bridge_*`) run
 images, at t = 0 to y at t = T, where y holds the input images of the subset and standard normal noise for the
 other modalities. A U-Net reads x_t (all M channels), the step t and the subset's binary code, and predicts x_0
 (M2DN predicts images, not noise). Training: t uniform in 1..T, x_t from the bridge's marginal, L1 on the
-observed modalities (`train.M2DNModule`). Inference: `sampling_steps` evenly spaced reverse steps from x_T = y,
-each drawing x_s from q(x_s | x_t, x_0 predicted, y).
+observed modalities (`M2DNModule`, training/baseline_modules.py). Inference: `sampling_steps` evenly spaced
+reverse steps from x_T = y, each drawing x_s from q(x_s | x_t, x_0 predicted, y).
 
 Choices where neither paper fixes one (M2DN's code is not public): the U-Net is MONAI's DiffusionModelUNet
 (group norm, attention at the coarsest level), and the binary code enters as a learnt embedding of the subset
@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmhvae.model.baselines.zero_imputation import ZeroImputationGenerator, config_checker
+from mmhvae.model.baselines.zero_imputation import ZeroImputationGenerator
 from mmhvae.model.distributions import RowNoise, bridge_marginal, bridge_step, standard_normal_like
-from mmhvae.model.interface import PlainDictConfig
+from mmhvae.model.interface import PlainDictConfig, config_checker
 from mmhvae.model.mmhvae_config import MMHVAEConfig
 
 VARIANT = "m2dn"
@@ -91,7 +91,7 @@ class M2DN(ZeroImputationGenerator):
 
     def __init__(self, config: M2DNConfig):
         super().__init__()
-        # Imported here because importing MONAI takes seconds (as in model/mmgan.py).
+        # Imported here because importing MONAI takes seconds (as in model/baselines/mmgan.py).
         from monai.networks.nets import DiffusionModelUNet
 
         self.config = config

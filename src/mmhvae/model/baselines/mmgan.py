@@ -3,14 +3,15 @@ adversarial network", IEEE TMI 2019), the "MM-GAN [14]" row of the paper's Table
 
 A U-Net generator reads all M modalities stacked as channels, zeros for the missing ones ("zero imputation"),
 and returns all M modalities. It is trained with random input dropping, an L1 loss and a PatchGAN critic
-(LSGAN), weighted 0.9 / 0.1 as in MM-GAN; see `mmhvae.train.MMGANModule`. The U-Net is MONAI's.
+(LSGAN), weighted 0.9 / 0.1 as in MM-GAN; see `ZeroImputationGANModule` (training/baseline_modules.py) and
+MM-GAN's recipe in methods.py (`METHOD_TRAIN_RECIPES`). The U-Net is MONAI's.
 
 Differences from the original, all deliberate: the output for an input modality is the network's own
 (harmonised) image, not the input copied back ("implicit conditioning"), because our targets are harmonised
 images (the harmonisation task of Table I); critics are our per-modality PatchGAN critics (`model/critic.py`).
 
-The network has the inference interface of `MMHVAE` through `ZeroImputationGenerator` (model/zero_imputation.py),
-shared with ResViT; it is deterministic.
+The network has the interface of every synthesis network (model/interface.py) through `ZeroImputationGenerator`
+(model/baselines/zero_imputation.py), shared with ResViT and M2DN; it is deterministic.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmhvae.model.baselines.zero_imputation import ZeroImputationGenerator, config_checker
-from mmhvae.model.interface import PlainDictConfig
+from mmhvae.model.baselines.zero_imputation import ZeroImputationGenerator
+from mmhvae.model.interface import PlainDictConfig, config_checker
 from mmhvae.model.mmhvae_config import MMHVAEConfig
 
 VARIANT = "mmgan"
@@ -68,7 +69,7 @@ class MMGAN(ZeroImputationGenerator):
     """MM-GAN generator: [B, M, H, W] with zeros for missing modalities -> all M images in [-1, 1]."""
 
     config_class = MMGANConfig
-    cpu_inference_channels_last = False  # no faster on CPUs (README, Performance)
+    cpu_inference_channels_last = False  # no faster on CPUs (docs/performance.md)
 
     def __init__(self, config: MMGANConfig):
         super().__init__()

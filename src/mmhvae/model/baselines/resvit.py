@@ -15,10 +15,11 @@ The generator, as in the authors' code (icon-lab/ResViT, `models/residual_transf
 - decoder: two stride-2 transposed convolutions (4 ngf -> 2 ngf -> ngf) and a 7x7 convolution to the M
   images, tanh.
 
-As for MM-GAN (`model/mmgan.py`), the generator reads all M modalities, zeros where missing, and returns all M:
-the unified ResViT of its authors (their issue #17: missing channels set to the background value, every
-modality generated, sources also reconstructed with an L1 term), trained by `train.ZeroImputationGANModule`
-with ResViT's recipe (`registry.METHOD_TRAIN_RECIPES`). Differences from the original, all deliberate:
+As for MM-GAN (`model/baselines/mmgan.py`), the generator reads all M modalities, zeros where missing, and
+returns all M: the unified ResViT of its authors (their issue #17 on GitHub: missing channels set to the
+background value, every modality generated, sources also reconstructed with an L1 term), trained by
+`ZeroImputationGANModule` (training/baseline_modules.py) with ResViT's recipe (`METHOD_TRAIN_RECIPES` in
+methods.py). Differences from the original, all deliberate:
 - instance normalisation with affine parameters instead of batch normalisation: ResViT trains at batch size
   1, where batch norm normalises every image by its own statistics, which instance norm does at any batch size
   (and samples of a batch mixing input subsets never influence each other);
@@ -26,7 +27,7 @@ with ResViT's recipe (`registry.METHOD_TRAIN_RECIPES`). Differences from the ori
   starts from (`R50+ViT-B_16.npz`, or Google's `ViT-B_16.npz`) loads its transformer with `mmhvae train
   --method resvit --config paper --vit-weights FILE.npz` (`ResViT.load_vit_weights`, as ResViT's `load_from`);
   their Res-CNN pre-training stage is this network with `transformer_blocks: []`, whose model file `--init-from`
-  accepts for the full ResViT (README, "ResViT's two-stage recipe");
+  accepts for the full ResViT (docs/training.md, "ResViT's two-stage recipe");
 - our per-modality PatchGAN critics (`model/critic.py`), not their conditional PatchGAN.
 
 Sizes: `ResViTConfig()` is the original (ngf 64, ViT-B: hidden 768, 12 layers, 12 heads, MLP 3072), which
@@ -45,9 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmhvae.model.baselines.zero_imputation import ZeroImputationGenerator, config_checker
+from mmhvae.model.baselines.zero_imputation import ZeroImputationGenerator
 from mmhvae.model.blocks import make_norm
-from mmhvae.model.interface import PlainDictConfig
+from mmhvae.model.interface import PlainDictConfig, config_checker
 from mmhvae.model.mmhvae_config import MMHVAEConfig
 
 VARIANT = "resvit"
@@ -200,7 +201,7 @@ class ResViT(ZeroImputationGenerator):
     """ResViT generator: [B, M, H, W] with zeros for missing modalities -> all M images in [-1, 1]."""
 
     config_class = ResViTConfig
-    cpu_inference_channels_last = False  # slower on CPUs (README, Performance)
+    cpu_inference_channels_last = False  # slower on CPUs (docs/performance.md)
 
     def __init__(self, config: ResViTConfig):
         super().__init__()
@@ -227,76 +228,26 @@ class ResViT(ZeroImputationGenerator):
         scipy.ndimage.zoom order 1). The convolutions and the 1x1 patch embeddings keep their own weights.
         Raises ValueError (naming the array), the network unchanged, when the checkpoint lacks an array or does
         not fit the network."""
-
-        def array(name: str) -> Tensor:
-            if name not in weights:
-                raise ValueError(f"no array {name!r}: not a ViT checkpoint of the ViT-B_16 kind")
-            try:
-                return torch.as_tensor(np.asarray(weights[name], dtype=np.float32))
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"array {name!r} is not numeric ({error})") from error
-
         c = self.config
         encoder = self.shared_encoder
         if encoder is None:
             raise ValueError("this ResViT has no transformer blocks to load a ViT into")
-        layers = len({name.split("/")[1] for name in weights if name.startswith("Transformer/encoderblock_")})
-        width = array("Transformer/encoder_norm/scale").numel()
-        query = array("Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel")
-        heads = query.shape[1] if query.dim() == 3 else c.heads  # [D, heads, head_dim]; 2D kernels fix none
-        mlp = array("Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel").shape[-1]
+        arrays = ViTArrays(weights)
+        layers, width, heads, mlp = arrays.vit_size(c.heads)
         if (layers, width, heads, mlp) != (c.transformer_layers, c.hidden_size, c.heads, c.mlp_size):
             raise ValueError(f"the checkpoint's ViT has {layers} layers of width {width}, {heads} heads and MLP "
                              f"{mlp}; this ResViT has {c.transformer_layers}, {c.hidden_size}, {c.heads} and "
                              f"{c.mlp_size} (the original ViT-B's: --config paper)")
-
-        pending: list[tuple[Tensor, Tensor]] = []  # copied only once every array has been read and checked
-
-        def copy(target: Tensor, name: str, source: Tensor | None = None) -> None:
-            source = array(name) if source is None else source
-            if source.numel() != target.numel():
-                raise ValueError(f"array {name!r} has {source.numel()} values where {tuple(target.shape)} "
-                                 "were expected")
-            pending.append((target, source.reshape(target.shape)))
-
-        def linear_weight(name: str, in_features: int) -> Tensor:
-            # Flax kernels are [in, ...out] (query [D, heads, head_dim], out [heads, head_dim, D]); torch's
-            # Linear weights are [out, in].
-            kernel = array(name)
-            if kernel.numel() % in_features:
-                raise ValueError(f"array {name!r} of shape {tuple(kernel.shape)} has no {in_features} inputs")
-            return kernel.reshape(in_features, -1).t()
-
-        d = c.hidden_size
         for index, layer in enumerate(encoder.layers):
-            root = f"Transformer/encoderblock_{index}"
-            attention = f"{root}/MultiHeadDotProductAttention_1"
-            qkv = ("query", "key", "value")  # stacked in this order in torch's in_proj
-            copy(layer.self_attn.in_proj_weight, f"{attention}/query|key|value/kernel",
-                 torch.cat([linear_weight(f"{attention}/{p}/kernel", d) for p in qkv]))
-            copy(layer.self_attn.in_proj_bias, f"{attention}/query|key|value/bias",
-                 torch.cat([array(f"{attention}/{p}/bias").reshape(-1) for p in qkv]))
-            name = f"{attention}/out/kernel"
-            copy(layer.self_attn.out_proj.weight, name, linear_weight(name, d))
-            copy(layer.self_attn.out_proj.bias, f"{attention}/out/bias")
-            copy(layer.norm1.weight, f"{root}/LayerNorm_0/scale")
-            copy(layer.norm1.bias, f"{root}/LayerNorm_0/bias")
-            copy(layer.norm2.weight, f"{root}/LayerNorm_2/scale")
-            copy(layer.norm2.bias, f"{root}/LayerNorm_2/bias")
-            name = f"{root}/MlpBlock_3/Dense_0/kernel"
-            copy(layer.linear1.weight, name, linear_weight(name, d))
-            copy(layer.linear1.bias, f"{root}/MlpBlock_3/Dense_0/bias")
-            name = f"{root}/MlpBlock_3/Dense_1/kernel"
-            copy(layer.linear2.weight, name, linear_weight(name, c.mlp_size))
-            copy(layer.linear2.bias, f"{root}/MlpBlock_3/Dense_1/bias")
-        copy(encoder.norm.weight, "Transformer/encoder_norm/scale")
-        copy(encoder.norm.bias, "Transformer/encoder_norm/bias")
-        position = resized_position_embedding(array("Transformer/posembed_input/pos_embedding"), c.token_grid)
+            queue_encoder_layer(arrays, layer, f"Transformer/encoderblock_{index}", c.hidden_size, c.mlp_size)
+        arrays.copy(encoder.norm.weight, "Transformer/encoder_norm/scale")
+        arrays.copy(encoder.norm.bias, "Transformer/encoder_norm/bias")
+        name = "Transformer/posembed_input/pos_embedding"
+        position = resized_position_embedding(arrays.array(name), c.token_grid)
         for block in self.blocks:
             if block.branch is not None:
-                copy(block.branch.position, "Transformer/posembed_input/pos_embedding", position)
-        for target, source in pending:
-            target.copy_(source)
+                arrays.copy(block.branch.position, name, position)
+        arrays.apply()
 
     @property
     def shared_encoder(self) -> nn.TransformerEncoder | None:
@@ -319,3 +270,72 @@ def resized_position_embedding(embedding: Tensor, grid: int) -> Tensor:
     if side != grid:
         square = F.interpolate(square, size=(grid, grid), mode="bilinear", align_corners=True)
     return square[0].permute(1, 2, 0).reshape(1, grid * grid, -1)
+
+
+class ViTArrays:
+    """The arrays of a Google-format ViT checkpoint, read as float32 tensors. `copy` only queues a copy into
+    the network, checked; `apply` makes them all, so that a checkpoint that fails a check changes nothing."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray]):
+        self.weights = weights
+        self.pending: list[tuple[Tensor, Tensor]] = []
+
+    def array(self, name: str) -> Tensor:
+        if name not in self.weights:
+            raise ValueError(f"no array {name!r}: not a ViT checkpoint of the ViT-B_16 kind")
+        try:
+            return torch.as_tensor(np.asarray(self.weights[name], dtype=np.float32))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"array {name!r} is not numeric ({error})") from error
+
+    def vit_size(self, default_heads: int) -> tuple[int, int, int, int]:
+        """(layers, width, heads, MLP width) of the checkpoint's ViT; `default_heads` when its kernels are 2D."""
+        layers = len({name.split("/")[1] for name in self.weights if name.startswith("Transformer/encoderblock_")})
+        width = self.array("Transformer/encoder_norm/scale").numel()
+        query = self.array("Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel")
+        heads = query.shape[1] if query.dim() == 3 else default_heads  # [D, heads, head_dim]; 2D kernels fix none
+        mlp = self.array("Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel").shape[-1]
+        return layers, width, heads, mlp
+
+    def linear_weight(self, name: str, in_features: int) -> Tensor:
+        """A Flax kernel as a torch Linear weight: Flax kernels are [in, ...out] (query [D, heads, head_dim], out
+        [heads, head_dim, D]); torch's Linear weights are [out, in]."""
+        kernel = self.array(name)
+        if kernel.numel() % in_features:
+            raise ValueError(f"array {name!r} of shape {tuple(kernel.shape)} has no {in_features} inputs")
+        return kernel.reshape(in_features, -1).t()
+
+    def copy(self, target: Tensor, name: str, source: Tensor | None = None) -> None:
+        """Queue the copy of array `name` (or of `source`, made from it) into `target`, once its size is checked."""
+        source = self.array(name) if source is None else source
+        if source.numel() != target.numel():
+            raise ValueError(f"array {name!r} has {source.numel()} values where {tuple(target.shape)} were expected")
+        self.pending.append((target, source.reshape(target.shape)))
+
+    def apply(self) -> None:
+        for target, source in self.pending:
+            target.copy_(source)
+
+
+def queue_encoder_layer(arrays: ViTArrays, layer: nn.TransformerEncoderLayer, root: str, width: int,
+                        mlp_size: int) -> None:
+    """Queue the copies of one ViT encoder block (`root`, e.g. Transformer/encoderblock_0) into a torch layer."""
+    attention = f"{root}/MultiHeadDotProductAttention_1"
+    qkv = ("query", "key", "value")  # stacked in this order in torch's in_proj
+    arrays.copy(layer.self_attn.in_proj_weight, f"{attention}/query|key|value/kernel",
+                torch.cat([arrays.linear_weight(f"{attention}/{p}/kernel", width) for p in qkv]))
+    arrays.copy(layer.self_attn.in_proj_bias, f"{attention}/query|key|value/bias",
+                torch.cat([arrays.array(f"{attention}/{p}/bias").reshape(-1) for p in qkv]))
+    name = f"{attention}/out/kernel"
+    arrays.copy(layer.self_attn.out_proj.weight, name, arrays.linear_weight(name, width))
+    arrays.copy(layer.self_attn.out_proj.bias, f"{attention}/out/bias")
+    arrays.copy(layer.norm1.weight, f"{root}/LayerNorm_0/scale")
+    arrays.copy(layer.norm1.bias, f"{root}/LayerNorm_0/bias")
+    arrays.copy(layer.norm2.weight, f"{root}/LayerNorm_2/scale")
+    arrays.copy(layer.norm2.bias, f"{root}/LayerNorm_2/bias")
+    name = f"{root}/MlpBlock_3/Dense_0/kernel"
+    arrays.copy(layer.linear1.weight, name, arrays.linear_weight(name, width))
+    arrays.copy(layer.linear1.bias, f"{root}/MlpBlock_3/Dense_0/bias")
+    name = f"{root}/MlpBlock_3/Dense_1/kernel"
+    arrays.copy(layer.linear2.weight, name, arrays.linear_weight(name, mlp_size))
+    arrays.copy(layer.linear2.bias, f"{root}/MlpBlock_3/Dense_1/bias")

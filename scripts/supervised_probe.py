@@ -6,7 +6,7 @@ cohort where all of them are present (absolute error inside the FOV, Adam), and 
 as `mmhvae evaluate` scores (SSIM and PSNR inside the FOV, mean over slices then subjects). If it beats the demo
 model by far, the data allow the bar and the demo model's capacity is what falls short.
 
-    python reports/supervised_probe.py --train runs/phantom-train-s8 --test runs/phantom-test \\
+    python scripts/supervised_probe.py --train runs/phantom-train --test runs/phantom-test \\
         --inputs flair --target flair --steps 3000
 """
 

@@ -13,7 +13,7 @@ intensity), mean over slices then subjects:
   slowly varying intensity errors (an input bias field or gamma not undone) were fixed. It uses the truth, so
   it is a diagnosis, never a result.
 
-    python reports/harmonisation_calibration.py runs/phantom-test models/phantom-tiny.pt
+    python scripts/harmonisation_calibration.py runs/phantom-test models/phantom-tiny.pt
 """
 
 from __future__ import annotations

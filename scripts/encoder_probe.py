@@ -3,13 +3,13 @@
 A diagnosis for models/README.md. Everything is frozen except the given modality's encoder and its experts at
 every level (`--train-decoder` adds its image decoder). The model then trains for `--steps` steps (Adam,
 temperature 1 as in training) on slices of a training cohort where that modality is present, always fusing that
-modality alone, with either the training loss on every observed modality (`--loss all`, absolute error summed
-over modalities as in stages 8-11) or the loss on that modality only (`--loss own`). Every `--every` steps it
+modality alone, with either the loss on every observed modality (`--loss all`, absolute error summed over
+the observed modalities) or the loss on that modality only (`--loss own`). Every `--every` steps it
 prints the SSIM of each target from that modality alone on the held-out cohort (temperature 0, scored as
 `mmhvae evaluate` scores). If the harmonisation rises with `--loss all` while the syntheses hold, the path was
 under-trained by the mixture rather than short of capacity.
 
-    python reports/encoder_probe.py --model runs/phantom-tiny-stage10.pt --train runs/phantom-train-s8 \\
+    python scripts/encoder_probe.py --model models/phantom-tiny.pt --train runs/phantom-train \\
         --test runs/phantom-test --modality flair --loss all --steps 300
 """
 

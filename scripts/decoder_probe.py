@@ -7,7 +7,7 @@ and the target are present, then scored on the held-out cohort as `mmhvae evalua
 inside the FOV, mean over slices then subjects). If the retrained decoder scores far higher, the decoder was the
 limit; if not, z_1 lacks what the target needs.
 
-    python reports/decoder_probe.py --model models/phantom-tiny.pt --train runs/phantom-train-s2 \\
+    python scripts/decoder_probe.py --model models/phantom-tiny.pt --train runs/phantom-train \\
         --test runs/phantom-test --target flair --inputs flair --steps 600
 """
 

@@ -1,0 +1,123 @@
+"""The evaluation verbs: `evaluate` model files (or cross-validate methods), `ablate` (Table II) and `report`
+(a results page such as the phantom benchmark)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mmhvae.cli.common import ALL_METHODS, add_no_lpips, add_overwrite, add_temperature
+from mmhvae.errors import InputError, refuse_to_overwrite
+
+
+def run_crossvalidation(args: argparse.Namespace) -> int:
+    """`evaluate --folds K`: train every --methods on each fold and score the pooled test folds."""
+    from mmhvae.experiments.studies import crossvalidate
+
+    if args.model:
+        raise InputError("--folds trains its own models: give --methods (and --config), not --model")
+    if args.folds < 2:
+        raise InputError(f"--folds must be at least 2, got {args.folds}")
+    refuse_to_overwrite(args.out, args.overwrite, exists=(args.out / "metrics.csv").exists(),
+                        problem="the output folder already has results")
+    crossvalidate(args.data, args.out, args.config, args.methods.split(","), args.folds, args.max_steps,
+                  args.temperature, with_lpips=not args.no_lpips, samples=args.samples)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    if args.folds is not None:
+        return run_crossvalidation(args)
+    from mmhvae.evaluation.evaluate import evaluate
+
+    if not args.model:
+        raise InputError("give --model (model files to evaluate) or --folds K (train and evaluate K folds)")
+    evaluate(args.model, args.data, args.out, temperature=args.temperature, with_lpips=not args.no_lpips,
+             overwrite=args.overwrite, mean_image_from=args.mean_image_from, samples=args.samples)
+    return 0
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from mmhvae.experiments.studies import ablate
+
+    ablate(args.data, args.out, args.config, args.max_steps, test_data=args.test_data, folds=args.folds,
+           fold=args.fold, temperature=args.temperature, with_lpips=not args.no_lpips)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from mmhvae.experiments.phantom_benchmark import PhantomBenchmark, phantom_benchmark
+
+    settings = PhantomBenchmark(config=args.config, steps=args.steps, train_subjects=args.train_subjects,
+                                train_seed=args.train_seed, test_subjects=args.test_subjects,
+                                test_seed=args.test_seed, with_lpips=not args.no_lpips,
+                                ablation=not args.no_ablation, sensitivity=args.sensitivity,
+                                methods=tuple(args.methods.split(",")))
+    phantom_benchmark(args.work, args.out, settings)
+    return 0
+
+
+def add_evaluate(verbs: argparse._SubParsersAction) -> None:
+    evaluate = verbs.add_parser("evaluate", help="PSNR/SSIM/LPIPS for every input subset and target")
+    evaluate.add_argument("--model", type=Path, nargs="+",
+                          help="model file(s) or run folder(s); several are compared in one table")
+    evaluate.add_argument("--data", required=True, type=Path, help="test subjects (with targets or tissue maps)")
+    evaluate.add_argument("--out", required=True, type=Path, help="writes metrics.csv and table.md")
+    add_temperature(evaluate)
+    evaluate.add_argument("--samples", type=int, default=1,
+                          help="score the mean of K samples per prediction (as predict --samples K writes)")
+    add_no_lpips(evaluate)
+    add_overwrite(evaluate, help="replace existing results")
+    evaluate.add_argument("--mean-image-from", type=Path, default=None,
+                          help="training data folder: add the mean-image baseline computed on it")
+    evaluate.add_argument("--folds", type=int, default=None,
+                          help="instead of --model: K-fold cross-validation on --data, training every --methods "
+                               "on each fold (stratified by missingness pattern) and pooling the test folds")
+    evaluate.add_argument("--methods", default=ALL_METHODS,
+                          help="with --folds: comma-separated methods to train and compare")
+    evaluate.add_argument("--config", default="tiny", help="with --folds: tiny, paper or a YAML file")
+    evaluate.add_argument("--max-steps", type=int, default=None, help="with --folds: training steps per model")
+    evaluate.set_defaults(func=run_evaluate)
+
+
+def add_ablate(verbs: argparse._SubParsersAction) -> None:
+    ablate = verbs.add_parser("ablate", help="Table II: latent groups, fusion and GAN ablations on one fold")
+    ablate.add_argument("--data", required=True, type=Path, help="training data folder")
+    ablate.add_argument("--out", required=True, type=Path, help="writes runs/, ablation.md and ablation.csv")
+    ablate.add_argument("--config", default="tiny", help="tiny, paper or a YAML file")
+    ablate.add_argument("--max-steps", type=int, default=None, help="training steps of every variant (equal budgets)")
+    ablate.add_argument("--test-data", type=Path, default=None,
+                        help="held-out test folder (then all of --data trains); default: one fold of --data")
+    ablate.add_argument("--folds", type=int, default=3, help="folds of --data when no --test-data (default 3)")
+    ablate.add_argument("--fold", type=int, default=0, help="the test fold (default 0)")
+    add_temperature(ablate)
+    add_no_lpips(ablate, help="skip LPIPS")
+    ablate.set_defaults(func=run_ablate)
+
+
+def add_report(verbs: argparse._SubParsersAction) -> None:
+    report = verbs.add_parser("report", help="generate a results page (reports/), e.g. the phantom benchmark")
+    report.add_argument("page", choices=["phantom-benchmark"], help="which page")
+    report.add_argument("--work", required=True, type=Path, help="folder for cohorts, runs and scores (reused)")
+    report.add_argument("--out", type=Path, default=Path("reports/phantom-benchmark.md"), help="the page to write")
+    report.add_argument("--config", default="tiny", help="network and training preset or YAML file")
+    report.add_argument("--steps", type=int, default=300, help="training steps of every model (equal budgets)")
+    report.add_argument("--train-subjects", type=int, default=48)
+    report.add_argument("--train-seed", type=int, default=0)
+    report.add_argument("--test-subjects", type=int, default=8)
+    report.add_argument("--test-seed", type=int, default=5000)
+    add_no_lpips(report, help="skip LPIPS")
+    report.add_argument("--no-ablation", action="store_true",
+                        help="Table I methods only (no Table II variants): for larger budgets")
+    report.add_argument("--methods", default=ALL_METHODS,
+                        help="the Table I methods to train and compare (mmhvae always; default: every method)")
+    report.add_argument("--sensitivity", action="store_true",
+                        help="also train MM-GAN at MMHVAE's learning rate (a check of the baseline's recipe)")
+    report.set_defaults(func=run_report)
+
+
+def add_parsers(verbs: argparse._SubParsersAction) -> None:
+    """Register `evaluate`, `ablate` and `report` on the verbs of the `mmhvae` parser."""
+    add_evaluate(verbs)
+    add_ablate(verbs)
+    add_report(verbs)
