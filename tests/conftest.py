@@ -175,3 +175,32 @@ def vit_checkpoint(layers: int, hidden: int, heads: int, mlp: int, grid: int, se
             arrays[f"{root}/MlpBlock_3/{dense}/kernel"] = normal(inputs, outputs)
             arrays[f"{root}/MlpBlock_3/{dense}/bias"] = normal(outputs)
     return arrays
+
+
+@pytest.fixture
+def non_canonical_subject(tmp_path):
+    """A factory of subject folders of four MR sequences (t1, t1c, t2, flair) and a tumour label map, on an odd
+    grid (23 x 31 x 19) stored in no canonical axis order (axes towards superior, left and posterior), oblique by
+    17 degrees, with unequal zooms and sform code 4 / qform code 1: what `mmhvae prepare` must bring back."""
+    def factory(name="case", shape=(23, 31, 19), zooms=(1.1, 0.9, 1.3), seed=0):
+        a = np.deg2rad(17.0)
+        rotation = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+        axes = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])  # array axes -> S, L, P
+        affine = np.eye(4)
+        affine[:3, :3] = rotation @ axes @ np.diag(zooms)
+        affine[:3, 3] = (12.3, -40.1, 7.9)
+        folder = tmp_path / "data" / name
+        rng = np.random.default_rng(seed)
+        grid = np.indices(shape).astype(float)
+        centre = (np.array(shape) - 1) / 2
+        radius = np.sqrt(sum(((g - c) / (s / 2.4)) ** 2 for g, c, s in zip(grid, centre, shape)))
+        brain = radius < 1.0
+        seg = ((grid[0] - centre[0] - 2) ** 2 + (grid[1] - centre[1]) ** 2 + (grid[2] - centre[2]) ** 2 < 9) & brain
+        for i, key in enumerate(("t1", "t1c", "t2", "flair")):
+            image = np.where(brain, 60 + 30 * np.sin(grid[0] / (2 + i)) + 10 * rng.random(shape), 0.0)
+            image[seg] += 40 * (i + 1)
+            write_nifti(folder / f"{key}.nii.gz", image, affine, qform_code=1, sform_code=4)
+        write_nifti(folder / "seg.nii.gz", seg.astype(np.uint8), affine, qform_code=1, sform_code=4, dtype=np.uint8)
+        return folder
+
+    return factory

@@ -51,6 +51,10 @@ def test_yaml_overrides_a_base_and_round_trips(tmp_path):
         ("model: {image_size: 100}\n", "image_size 100 must be divisible"),
         ("- just\n- a list\n", "must be a mapping"),
         ("train:\n  lr: [\n", "not valid YAML"),
+        ("train:\n  kl_normalisation: per_voxel\n", "kl_normalisation must be one of image_pixels, modality_pixels"),
+        ("train:\n  subset_sampling: uniform\n", "subset_sampling must be one of mixture, own"),
+        ("train:\n  early_stopping_patience: -1\n", "early_stopping_patience must be >= 0"),
+        ("train:\n  early_stopping_min_delta: 1.5\n", "early_stopping_min_delta is a fraction"),
     ],
 )
 def test_bad_config_files_are_input_errors(tmp_path, text, problem):
@@ -72,3 +76,43 @@ def test_info_reports_the_paper_parameter_count(capsys):
     count = int(next(line for line in out.splitlines() if "parameters" in line).split()[-1].replace(",", ""))
     assert 13_000_000 <= count <= 15_000_000
     assert "MACs per slice" in out
+
+
+def test_new_training_fields_default_to_eq19_the_shared_mixture_and_no_early_stopping():
+    train = load_config("tiny").train
+    assert (train.kl_normalisation, train.subset_sampling) == ("image_pixels", "mixture")
+    assert (train.early_stopping_patience, train.early_stopping_min_delta, train.complete_subjects_only) == \
+        (0, 0.01, False)
+
+
+@pytest.mark.parametrize("method", ["mmgan", "m2dn"])
+def test_a_learning_rate_a_file_sets_wins_over_the_method_s_recipe(tmp_path, method):
+    """A study sweeping train.lr: the file's value holds for any method, by --method or in the file."""
+    from mmhvae.config import with_method
+
+    recipe_lr = with_method(load_config("tiny"), method).train.lr  # the method's own, replacing the preset's
+    assert recipe_lr != load_config("tiny").train.lr
+    sweep = tmp_path / "lr.yaml"
+    sweep.write_text("base: tiny\ntrain:\n  lr: 3.0e-5\n")
+    switched = with_method(load_config(sweep), method)  # as `train --config lr.yaml --method M`
+    assert switched.train.method == method and switched.train.lr == 3.0e-5
+    assert switched.train.image_loss == "l1"  # the rest of the recipe still applies
+    named = tmp_path / "named.yaml"
+    named.write_text(f"base: tiny\ntrain:\n  method: {method}\n  lr: 3.0e-5\n")
+    assert load_config(named).train.lr == 3.0e-5 and with_method(load_config(named), method).train.lr == 3.0e-5
+
+
+def test_mhvae_is_mmhvae_on_us_and_t2_trained_on_complete_pairs(tmp_path):
+    from mmhvae.config import with_method
+
+    run = with_method(load_config("tiny"), "mhvae")
+    assert run.model.modalities == ("us", "t2") and run.data.modalities == ("us", "t2")
+    assert run.train.method == "mhvae" and run.train.complete_subjects_only
+    assert run.model.num_latent_levels == load_config("tiny").model.num_latent_levels  # the same hierarchy
+    assert run.train.gan_weight == load_config("tiny").train.gan_weight > 0  # with its adversarial term
+    save_config(run, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == run
+    brats = tmp_path / "brats.yaml"
+    brats.write_text("base: tiny\nmodel:\n  modalities: [t1, t1c, t2, flair]\n")
+    with pytest.raises(InputError, match="--method mhvae: .*handles us, t2.* lack us"):
+        with_method(load_config(brats), "mhvae")

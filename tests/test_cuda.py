@@ -38,7 +38,8 @@ def syntheses(path, subject, device: str, precision: str = "fp32") -> list[np.nd
     loaded.model.to(device)
     (files,) = discover_subjects(subject)
     prepared = prepare_for_model(load_subject(files, loaded.modalities), loaded)
-    return [s.mean for s in synthesise(loaded.model, prepared, SUBSETS, temperature=0.5, precision=precision)]
+    subsets = [s for s in SUBSETS if set(s) <= set(loaded.modalities)]  # mhvae: us and t2 only
+    return [s.mean for s in synthesise(loaded.model, prepared, subsets, temperature=0.5, precision=precision)]
 
 
 @pytest.mark.parametrize("method", METHODS)

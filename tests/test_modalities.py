@@ -8,10 +8,14 @@ from hypothesis import strategies as st
 from mmhvae.errors import InputError
 from mmhvae.modalities import (
     CANONICAL_KEYS,
+    DATA_ORDER,
+    PAPER_MODALITIES,
     ModalitySet,
     SubsetSampler,
     canonical_key,
+    in_data_order,
     mixture_distribution,
+    mixture_for,
     non_empty_subsets,
     parse_modality_list,
     subset_from_code,
@@ -173,3 +177,18 @@ def test_empirical_frequencies_match_the_stated_probabilities(preset, observed):
 def test_unknown_preset_is_refused():
     with pytest.raises(InputError, match="unknown mixture preset"):
         SubsetSampler("uniformish")
+
+
+def test_modalities_found_in_data_keep_the_papers_order():
+    assert sorted(DATA_ORDER) == sorted(CANONICAL_KEYS)
+    assert in_data_order(["flair", "US", "cet1", "t2w"]) == PAPER_MODALITIES
+    assert in_data_order(["t2f", "t1n", "t2w", "t1c"]) == ("t1", "t2", "t1c", "flair")  # BraTS, as the brats preset
+    assert in_data_order(["pd", "t1", "pd"]) == ("t1", "pd")
+    with pytest.raises(InputError, match="unknown modality 'adc'"):
+        in_data_order(["adc"])
+
+
+def test_without_an_ultrasound_the_papers_mixture_gives_way_to_the_generic_one():
+    assert mixture_for(("t1", "t2"), "paper") == "default"
+    assert mixture_for(("us", "t2"), "paper") == "paper"
+    assert mixture_for(("t1", "t2"), "uniform") == "uniform"

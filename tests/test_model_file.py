@@ -37,9 +37,10 @@ def convolution_weights(model: torch.nn.Module) -> list[torch.Tensor]:
 def test_cpu_inference_layout_gives_the_default_layouts_syntheses(method, tmp_path):
     """Channels-last (where the network asks for it on CPUs) changes float rounding only, seeded noise included."""
     torch.manual_seed(0)
-    network = build_network(network_config_for_method(method, SMALL).to_dict()).eval()
+    config = network_config_for_method(method, SMALL)
+    network = build_network(config.to_dict()).eval()
     path = save_model_file(tmp_path / f"{method}.pt", network,
-                           PreprocessConfig(modalities=SMALL.modalities, image_size=32))
+                           PreprocessConfig(modalities=config.modalities, image_size=32))
     loaded = load_model_file(path)
     layout = torch.channels_last if loaded.model.cpu_inference_channels_last else torch.contiguous_format
     assert all(w.is_contiguous(memory_format=layout) for w in convolution_weights(loaded.model))
@@ -47,7 +48,8 @@ def test_cpu_inference_layout_gives_the_default_layouts_syntheses(method, tmp_pa
     default_layout = copy.deepcopy(loaded.model).to(memory_format=torch.contiguous_format)
     (files,) = discover_subjects(phantom_subject(tmp_path / "s", ("us", "t2", "t1c")))
     prepared = prepare_for_model(load_subject(files, loaded.modalities), loaded)
-    fast, plain = (synthesise(model, prepared, SUBSETS, temperature=0.5) for model in (loaded.model, default_layout))
+    subsets = [s for s in SUBSETS if set(s) <= set(loaded.modalities)]  # mhvae: us and t2 only
+    fast, plain = (synthesise(model, prepared, subsets, temperature=0.5) for model in (loaded.model, default_layout))
     for a, b in zip(fast, plain, strict=True):
         np.testing.assert_allclose(a.mean, b.mean, atol=1e-4)
 

@@ -23,7 +23,7 @@ import yaml
 from mmhvae.errors import InputError
 from mmhvae.io.files import write_text_atomic
 from mmhvae.methods import METHODS, recipe_on_switch
-from mmhvae.modalities import ModalitySet
+from mmhvae.modalities import ModalitySet, mixture_for
 from mmhvae.model.mmhvae_config import MMHVAEConfig
 from mmhvae.model.registry import (
     ZERO_IMPUTATION_NETWORKS,
@@ -34,7 +34,9 @@ from mmhvae.model.registry import (
 from mmhvae.preprocessing.prepare import PreprocessConfig
 
 # The shipped presets, src/mmhvae/configs/<name>.yaml: the one source of every preset.
-PRESETS = ("tiny", "paper", "paper-cpu", "paper-cpu-fp32")
+PRESETS = ("tiny", "paper", "paper-cpu", "paper-cpu-fp32", "brats", "brats-cpu")
+KL_NORMALISATIONS = ("image_pixels", "modality_pixels")
+SUBSET_SAMPLINGS = ("mixture", "own")
 
 
 @dataclass
@@ -49,6 +51,13 @@ class TrainConfig:
     image_loss_weights: dict[str, float] = field(default_factory=dict)
     kl_weight: float = 1e-3
     kl_warmup: float = 0.05  # fraction of max_steps over which the KL weight ramps up linearly
+    # What the KL term is divided by (objective.mmhvae_losses): "image_pixels", H x W, Eq. 19 per image pixel;
+    # "modality_pixels", H x W x M, as runs saved before this field trained (the KL weighed M times less).
+    kl_normalisation: str = "image_pixels"
+    # How the input subsets r' are drawn for every method: "mixture", r' ~ p_alpha(. | r) of `mixture`
+    # (Section 4.3: the same sample selection for all methods); "own", the method's own scheme (MM-GAN,
+    # ResViT, M2DN: uniform over the non-empty subsets of r; the MMHVAE family: the mixture itself).
+    subset_sampling: str = "mixture"
     gan_weight: float = 0.025  # paper; authors' code default 0.05
     gan_start: float = 0.8  # fraction of max_steps before which the GAN weight is 0 (paper: 800/1000 epochs)
     gan_loss: str = "lsgan"  # "lsgan" or "paper" (Eq. 15-16)
@@ -60,16 +69,26 @@ class TrainConfig:
     ema_decay: float = 0.999
     max_steps: int = 20_000
     max_minutes: float | None = None
+    # Early stopping on the validation split (val_loss, every `validate_every` steps), max_steps staying the
+    # cap: stop after this many validations in a row without an improvement by more than
+    # `early_stopping_min_delta` of the best val_loss so far (0: off).
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.01
     # An "epoch" is `checkpoint_every` steps; a checkpoint closes each one, so a resumed run restarts at an
     # epoch boundary with the batch sampler, RNGs and memory exactly where they were.
     checkpoint_every: int = 500
     log_every: int = 10
     validate_every: int = 500
     val_fraction: float = 0.1  # of subjects, stratified, held out of training for validation
+    # Train (and validate) only on subjects that have every modality of the model, as MHVAE [29] did.
+    complete_subjects_only: bool = False
     # Cross-validation (Section 4.4.1): with `folds` set, the subjects of fold `test_fold` (stratified by
-    # missingness pattern, `seed`) are left out of training and validation, for `mmhvae evaluate --folds`.
+    # missingness pattern, `split_seed`) are left out of training and validation, for `mmhvae evaluate --folds`.
     folds: int | None = None
     test_fold: int = 0
+    # The seed of the folds and of the validation split when it is not `seed`: the runs of a study with several
+    # training seeds keep the same subjects in each split, so that their spread is the training's alone.
+    fold_seed: int | None = None
     max_nonfinite_in_a_row: int = 20
     seed: int = 0
     # Finest levels whose activations are recomputed in the backward pass (activation checkpointing): memory
@@ -85,6 +104,22 @@ class TrainConfig:
     # What is trained (`mmhvae train --method`): mmhvae, or a baseline of Section 4.3-4.4 (methods.py).
     method: str = "mmhvae"
 
+    @property
+    def split_seed(self) -> int:
+        """The seed that deals the subjects into folds and the validation split."""
+        return self.seed if self.fold_seed is None else self.fold_seed
+
+    def __post_init__(self) -> None:
+        choices = {"kl_normalisation": KL_NORMALISATIONS, "subset_sampling": SUBSET_SAMPLINGS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.early_stopping_patience < 0:
+            raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        if not 0 <= self.early_stopping_min_delta < 1:
+            raise ValueError("early_stopping_min_delta is a fraction of the best val_loss, in [0, 1), got "
+                             f"{self.early_stopping_min_delta}")
+
 
 @dataclass
 class RunConfig:
@@ -95,6 +130,9 @@ class RunConfig:
     model: NetworkConfig = field(default_factory=MMHVAEConfig)
     data: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # The train fields a config file set itself (not its preset): a method's recipe never overrides them
+    # (with_method). Not written to YAML: a saved run's file sets every field.
+    own_train_fields: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.to_dict(), "data": _plain(dataclasses.asdict(self.data)),
@@ -154,15 +192,20 @@ def preset(name: str) -> RunConfig:
     if name not in PRESETS:
         raise InputError(f"unknown config preset '{name}' (presets: {', '.join(PRESETS)}, or a .yaml file)")
     text = resources.files("mmhvae").joinpath("configs", f"{name}.yaml").read_text()
-    return from_yaml_text(text, f"<preset {name}>", RunConfig())
+    # A preset's values are defaults, not a file's own choices: a method's recipe replaces them.
+    return replace(from_yaml_text(text, f"<preset {name}>", RunConfig()), own_train_fields=frozenset())
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """The values of a YAML text (an empty text is an empty mapping); invalid YAML is an input error."""
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", source) from None
 
 
 def from_yaml_text(text: str, source: str, base: RunConfig) -> RunConfig:
-    try:
-        values = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", source) from None
-    return from_mapping(values, source, base)
+    return from_mapping(read_yaml(text, source), source, base)
 
 
 def from_mapping(values: Any, source: str, base: RunConfig) -> RunConfig:
@@ -203,11 +246,17 @@ def from_mapping(values: Any, source: str, base: RunConfig) -> RunConfig:
     # Checked at load, not in training, and saved under canonical keys (`T2F: 2` is written `flair: 2.0`).
     weights = ModalitySet(tuple(model.modalities)).named_weights(train.image_loss_weights, source)
     train = dataclasses.replace(train, image_loss_weights=weights)
+    own = frozenset(train_values) if isinstance(train_values, dict) else frozenset()
+    return RunConfig(model, data_for_model(data, model), train, own)
+
+
+def data_for_model(data: PreprocessConfig, model: NetworkConfig) -> PreprocessConfig:
+    """The preprocessing of a network's data: its modalities, slices fitted to its grid."""
     if tuple(data.modalities) != tuple(model.modalities):
         data = dataclasses.replace(data, modalities=tuple(model.modalities))
-    if data.image_size != model.image_size:  # slices are fitted to the model's grid
+    if data.image_size != model.image_size:
         data = dataclasses.replace(data, image_size=model.image_size)
-    return RunConfig(model, data, train)
+    return data
 
 
 def load_config(name_or_path: str | Path) -> RunConfig:
@@ -225,14 +274,49 @@ def save_config(config: RunConfig, path: str | Path) -> None:
 
 
 def with_method(run: RunConfig, method: str) -> RunConfig:
-    """The run configuration of `method` (methods.py): its network (model/registry.py) and its training recipe.
+    """The run configuration of `method` (methods.py): its network (model/registry.py), the data that network
+    reads (its modalities), and its training recipe.
 
     The recipe (methods.METHOD_TRAIN_RECIPES) is applied only when `run` is switched to another method (as
-    `--method` does). A config that already names `method` is taken as written (`from_mapping` gave it the
-    recipe under its own values), so a saved run's or a study variant's settings are never overwritten."""
+    `--method` does), and never over the train fields the config file set itself (`own_train_fields`: a
+    study sweeping `train.lr` keeps its value for every method). A config that already names `method` is
+    taken as written (`from_mapping` gave it the recipe under its own values), so a saved run's or a study
+    variant's settings are never overwritten."""
     try:
         model = network_config_for_method(method, run.model)
     except ValueError as exc:
         raise InputError(f"--method {method}: {exc}") from None
-    train = replace(run.train, method=method, **recipe_on_switch(run.train.method, method))
-    return RunConfig(model, run.data, train)
+    recipe = recipe_on_switch(run.train.method, method, keep=run.own_train_fields)
+    train = replace(run.train, method=method, **recipe)
+    return RunConfig(model, data_for_model(run.data, model), train, run.own_train_fields)
+
+
+def names_modalities(name_or_path: str | Path) -> bool:
+    """Whether a preset or YAML file, or a preset it builds on (`base:`), names `model.modalities`: when none does,
+    `mmhvae train` takes the modalities found in its data."""
+    if str(name_or_path) in PRESETS:
+        source = f"<preset {name_or_path}>"
+        text = resources.files("mmhvae").joinpath("configs", f"{name_or_path}.yaml").read_text()
+    else:
+        source, text = str(name_or_path), Path(name_or_path).read_text()
+    values = read_yaml(text, source)
+    if not isinstance(values, dict):
+        return False
+    model = values.get("model")
+    if isinstance(model, dict) and "modalities" in model:
+        return True
+    return values.get("base") in PRESETS and names_modalities(values["base"])
+
+
+def with_modalities(run: RunConfig, modalities: tuple[str, ...]) -> RunConfig:
+    """`run` on the modality set `modalities` (canonical keys, in order): its network and data take them, and
+    without an ultrasound the paper's mixture gives way to the generic one (modalities.mixture_for), unless the
+    config file chose the mixture itself."""
+    try:
+        model = dataclasses.replace(run.model, modalities=tuple(modalities))
+    except ValueError as exc:
+        raise InputError(f"modalities {','.join(modalities)}: {exc}") from None
+    weights = ModalitySet(tuple(modalities)).named_weights(run.train.image_loss_weights, "train.image_loss_weights")
+    mixture = run.train.mixture if "mixture" in run.own_train_fields else mixture_for(modalities, run.train.mixture)
+    train = dataclasses.replace(run.train, image_loss_weights=weights, mixture=mixture)
+    return RunConfig(model, data_for_model(run.data, model), train, run.own_train_fields)

@@ -26,6 +26,9 @@ ALIASES: dict[str, str] = {
 }
 ULTRASOUND = "us"
 PAPER_MODALITIES: tuple[str, ...] = ("us", "t2", "t1c", "flair")
+# The order of the modalities a run takes from its data when neither `--modalities` nor its config names them:
+# the paper's us, t2, t1c, flair in the paper's order, with T1 before T2 and PD last.
+DATA_ORDER: tuple[str, ...] = ("us", "t1", "t2", "t1c", "flair", "pd")
 
 Subset = tuple[str, ...]
 
@@ -56,6 +59,12 @@ def parse_modality_list(text: str | Sequence[str]) -> tuple[str, ...]:
     if not keys:
         raise InputError("the modality list is empty")
     return keys
+
+
+def in_data_order(keys: Iterable[str]) -> tuple[str, ...]:
+    """Modality names or aliases as canonical keys in DATA_ORDER, each once: the modality set of a data folder."""
+    wanted = {require_key(k) for k in keys}
+    return tuple(k for k in DATA_ORDER if k in wanted)
 
 
 @dataclass(frozen=True)
@@ -212,6 +221,12 @@ def mixture_distribution(
     if preset == "singles":
         return _share_among_possible([[(key,) for key in observed], non_empty_subsets(observed)])
     raise InputError(f"unknown mixture preset '{preset}'; choose one of {', '.join(MIXTURE_PRESETS)}")
+
+
+def mixture_for(modalities: Sequence[str], preset: str) -> str:
+    """The mixture preset a modality set trains with: `paper` anchors one branch on the ultrasound (Section 4.2),
+    so a set without one trains with the generic `default` instead; any other preset is kept."""
+    return "default" if preset == "paper" and ULTRASOUND not in modalities else preset
 
 
 class SubsetSampler:

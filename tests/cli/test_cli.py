@@ -24,9 +24,20 @@ def run(*args):
 def test_check_lists_subjects_and_patterns(tmp_path, capsys):
     make_subject(tmp_path / "a", ("us", "t2", "cet1"))
     make_subject(tmp_path / "b", ("us",))
-    assert main(["check", "--data", str(tmp_path)]) == 0
+    assert main(["check", "--data", str(tmp_path), "--modalities", "us,t2,t1c,flair"]) == 0
     out = capsys.readouterr().out
     assert "r=1110" in out and "r=1000" in out and "2 subjects" in out
+
+
+def test_check_takes_the_modalities_found_unless_told(tmp_path, capsys):
+    make_subject(tmp_path / "a", ("us", "t2", "cet1"))
+    make_subject(tmp_path / "b", ("us",))
+    assert main(["check", "--data", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"modalities: us,t2,t1c (found in {tmp_path}; choose others with --modalities)\n")
+    assert "r=111 " in out and "r=100 " in out and "2 subjects, modalities us,t2,t1c" in out
+    assert main(["check", "--data", str(tmp_path), "--modalities", "t1,pd"]) == 2
+    assert "its subjects have us, t2, t1c and none of t1, pd (from --modalities)" in capsys.readouterr().err
 
 
 def bad_inputs(tmp_path):

@@ -64,13 +64,13 @@ def test_mean_image_is_the_average_of_observed_training_slices(setup):
     np.testing.assert_allclose(mean[3], expected, atol=1e-5)
 
 
-def synthetic_rows(shift_b: float, seed: int = 0, n: int = 40):
+def synthetic_rows(shift_b: float, seed: int = 0, n: int = 48, subjects: int = 12):
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
         base = rng.normal(25, 2)
         for method, shift in (("a", 0.0), ("b", shift_b), ("c", -1.0)):
-            rows.append({"subject": f"s{i % 4}", "slice": i, "method": method, "inputs": "us", "target": "t2",
+            rows.append({"subject": f"s{i % subjects}", "slice": i, "method": method, "inputs": "us", "target": "t2",
                          "task": "synthesis", "psnr": base + shift + rng.normal(0, 0.1),
                          "ssim": 0.8 + 0.01 * shift, "lpips": 0.2 - 0.01 * shift})
     return rows
@@ -89,6 +89,18 @@ def test_bold_marks_a_method_significantly_better_than_all_others():
     assert significantly_best(synthetic_rows(shift_b=0.01), "psnr") == set()
 
 
+def test_with_too_few_subjects_nothing_is_bold_and_the_caption_says_why():
+    from mmhvae.evaluation.statistics import significantly_best
+    from mmhvae.evaluation.tables import markdown_table
+
+    # 4 subjects, 40 slices: the old slice-level test called this significant; over subjects the smallest
+    # two-sided p is 2/2^4 = 0.125
+    rows = synthetic_rows(shift_b=1.0, n=40, subjects=4)
+    assert significantly_best(rows, "psnr") == set()
+    table = markdown_table(rows, ["us", "t2"])
+    assert "**" not in table and "With 4 subjects, the smallest p" in table and "0.12" in table
+
+
 def test_several_models_are_compared_in_one_table_under_their_method_names(setup, tmp_path):
     model, data = setup
     torch.manual_seed(1)
@@ -105,7 +117,7 @@ def test_several_models_are_compared_in_one_table_under_their_method_names(setup
     wider = save_model_file(tmp_path / "wider.pt", MMHVAE.from_config(MMHVAEConfig(**{**SMALL.to_dict(),
                             "image_size": 64, "num_pool": 3})).eval(),
                             PreprocessConfig(modalities=SMALL.modalities, image_size=64))
-    with pytest.raises(InputError, match="same modalities and preprocessing"):
+    with pytest.raises(InputError, match=r"the modalities \(or some of them\) and the preprocessing"):
         evaluate([model, wider], data, tmp_path / "other", with_lpips=False)
 
 
@@ -181,3 +193,23 @@ def test_models_with_other_input_normalisations_share_a_table_but_not_other_prep
     assert same_targets(dataclasses.replace(ours, input_normalisation="authors"), ours)
     assert not same_targets(dataclasses.replace(ours, input_percentile=99.0), ours)
     assert not same_targets(dataclasses.replace(ours, image_size=32), ours)
+
+
+def test_seeds_of_a_method_are_pooled_and_a_two_modality_model_is_scored_on_its_pair(setup, tmp_path):
+    model, data = setup
+    torch.manual_seed(2)
+    again = save_model_file(tmp_path / "seed1.pt", MMHVAE.from_config(SMALL).eval(),
+                            PreprocessConfig(modalities=SMALL.modalities, image_size=32),
+                            meta={"method": "mmhvae", "config": {"train": {"seed": 1}}})
+    pair = MMHVAEConfig(**{**SMALL.to_dict(), "modalities": ("us", "t2")})
+    mhvae = save_model_file(tmp_path / "mhvae.pt", MMHVAE.from_config(pair).eval(),
+                            PreprocessConfig(modalities=("us", "t2"), image_size=32), meta={"method": "mhvae"})
+    rows = evaluate([model, again, mhvae], data, tmp_path / "eval", with_lpips=False)
+    assert {(r["method"], r["seed"]) for r in rows} == {("mmhvae", 0), ("mmhvae", 1), ("mhvae", 0)}
+    pair_rows = [r for r in rows if r["method"] == "mhvae"]
+    assert {r["target"] for r in pair_rows} == {"us", "t2"} and {r["inputs"] for r in pair_rows} <= {
+        "us", "t2", "us+t2"}
+    table = (tmp_path / "eval" / "table.md").read_text()
+    assert "| mhvae | us |" in table and "| mhvae | t1c |" not in table
+    assert "Left out: mhvae" in table  # pooled summaries need the same cells
+    assert "2 training seeds" in table

@@ -36,10 +36,11 @@ def small_config(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def benchmark_page(tmp_path_factory, small_config):
-    """The whole phantom benchmark on a 4-subject training cohort, a few steps per model."""
+    """The whole phantom benchmark on a 6-subject training cohort (one validation subject), a few steps per
+    model, one seed, every method at its recipe's learning rate."""
     work = tmp_path_factory.mktemp("bench")
-    settings = PhantomBenchmark(config=str(small_config), steps=STEPS, train_subjects=4, train_missing="complete",
-                                test_subjects=2, size=32, with_lpips=False)
+    settings = PhantomBenchmark(config=str(small_config), steps=STEPS, train_subjects=6, train_missing="complete",
+                                test_subjects=2, size=32, with_lpips=False, seeds=1, learning_rates=())
     page = phantom_benchmark(work / "work", work / "page.md", settings)
     return work, page, settings
 
@@ -66,22 +67,34 @@ def test_the_benchmark_page_has_every_method_input_combination_and_target_withou
         assert {r[1] for r in mine} == subsets, method
         for r in mine:
             assert len(r) == 2 + 2 * len(MODALITIES) and all(re.search(r"\d", c) for c in r[2:]), r
+    # MHVAE [29] is scored on its pair only: inputs within us and t2, targets us and t2.
+    assert {r[1] for r in rows if r[0] == "mhvae"} == {"us", "t2", "us+t2"}
+    assert "## MMHVAE against MHVAE [29] on its pair" in text
     assert "nan" not in text.lower()
-    assert (work / "page-fig3.png").stat().st_size > 1000
+    assert (work / "page-fig3.png").stat().st_size > 1000 and (work / "page-curves.png").stat().st_size > 1000
+
+
+MODELS = 12  # 8 methods + L=2, L=3, no GAN + MMHVAE with the previous KL normalisation
 
 
 def test_every_model_of_the_page_had_the_same_budget(benchmark_page):
     work, _, _ = benchmark_page
     models = sorted((work / "work" / "runs").glob("*/model.pt"))
-    assert len(models) == 10  # 7 methods + L=2, L=3, no GAN
-    steps = {load_model_file(m).meta["steps"] for m in models}
-    assert steps == {STEPS}
+    assert len(models) == MODELS
+    assert {load_model_file(m).meta["steps"] for m in models} == {STEPS}
+    sampling = {load_model_file(m).meta["config"]["train"]["subset_sampling"] for m in models}
+    assert sampling == {"mixture"}  # the same p_alpha for every method
 
 
-def test_the_page_states_the_ordering_it_measured(benchmark_page):
+def test_the_page_states_the_orderings_from_its_own_numbers(benchmark_page):
     _, page, _ = benchmark_page
     text = page.read_text()
-    assert "MMHVAE's mean synthesis PSNR is higher than" in text and "mean-image floor" in text
+    assert "The paper's Table I ranks MMHVAE above every baseline" in text and "mean-image" in text
+    differences = table_rows(text, "## Paired differences")
+    assert {r[2] for r in differences} >= {"mopoe", "average", "concat-zeros", "mmgan", "resvit", "m2dn"}
+    assert all(r[-1].startswith("no claim") for r in differences)  # 2 subjects, one seed: no ordering is claimed
+    assert "- MMHVAE better (the paper's ordering holds): none." in text
+    assert "## Convergence" in text and "## Posterior spread against error" in text
     sections = table_rows(text, "## Table II analogue")
     titles = [r[0] for r in sections if r[0].startswith("*")]
     assert titles == ["*a) number of latent groups L*", "*b) fusion*", "*c) GAN loss*"]
@@ -93,7 +106,7 @@ def test_a_second_run_of_the_command_reuses_every_model_and_score(benchmark_page
     caplog.set_level(logging.INFO, logger="mmhvae")
     phantom_benchmark(work / "work", page, settings)
     out = mmhvae_output(caplog)
-    assert out.count("reusing") == 10 and "training" not in out
+    assert out.count("reusing") == MODELS and "training" not in out
     strip = lambda text: re.sub(r"in \d+\.\d min", "", text)  # noqa: E731
     assert strip(page.read_text()) == strip(before)
 
@@ -109,34 +122,37 @@ def test_ablate_reuses_the_page_runs_and_writes_table_ii(benchmark_page, small_c
     assert all(np.isfinite(float(r["psnr"])) for r in rows)
 
 
-def test_a_table_i_only_page_of_some_methods_with_the_mmgan_learning_rate_check(benchmark_page, tmp_path, caplog):
+def test_a_learning_rate_sweep_and_seeds_for_some_methods(benchmark_page, tmp_path, caplog):
     work, _, settings = benchmark_page
     shutil.copytree(work / "work", tmp_path / "work")  # a copy: the other tests count the original's models
     caplog.set_level(logging.INFO, logger="mmhvae")
     caplog.clear()
-    chosen = dataclasses.replace(settings, ablation=False, sensitivity=True, methods=("mmhvae", "mmgan", "resvit"))
+    chosen = dataclasses.replace(settings, ablation=False, methods=("mmhvae", "mmgan"), seeds=2,
+                                 learning_rates=(1e-3, 2e-3))
     page = phantom_benchmark(tmp_path / "work", tmp_path / "page.md", chosen)
-    out = mmhvae_output(caplog)
-    assert out.count("reusing") == 3 and out.count("training") == 1 and "mmgan-lr2e-3: training" in out
     text = page.read_text()
-    assert "## Table II analogue" not in text and "--no-ablation --sensitivity" in text
-    assert "--methods mmhvae,mmgan,resvit" in text
-    assert {r[0] for r in table_rows(text, "## Table I analogue")} == {"mmhvae", "mmgan", "resvit", "mean-image"}
+    assert "## Table II analogue" not in text
+    assert "--no-ablation" in text and "--seeds 2" in text and "--learning-rates 0.001,0.002" in text
+    sweep = table_rows(text, "## Learning rates")
+    assert [r[0] for r in sweep] == ["mmhvae", "mmgan"] and all(sum("**" in c for c in r) == 1 for r in sweep)
+    assert {r[0] for r in table_rows(text, "## Table I analogue")} == {"mmhvae", "mmgan", "mean-image"}
     for wrong in (("mopoe",), ("mmhvae", "pix2pix")):  # mmhvae is needed; unknown methods are refused
         with pytest.raises(InputError, match="--methods"):
             dataclasses.replace(settings, methods=wrong)
-    rows = table_rows(text, "Table I keeps MM-GAN's own.")  # the table follows the section's paragraph
-    assert [r[0] for r in rows] == ["mmhvae", "mmgan", "mmgan-lr2e-3"]
-    assert all(re.search(r"\d", c) for r in rows for c in r[1:])
-    def run_of(name):  # "mmgan-*" would also match the mmgan-lr2e-3 runs: match name plus the digest only
+
+    def trained(name):
         (model,) = [m for m in (tmp_path / "work" / "runs").glob("*/model.pt")
                     if re.fullmatch(rf"{re.escape(name)}-[0-9a-f]+", m.parent.name)]
-        return load_model_file(model).meta["config"]
+        return load_model_file(model).meta["config"]["train"]
 
-    trained = {name: run_of(name) for name in ("mmgan", "mmgan-lr2e-3")}
-    assert (trained["mmgan"]["train"]["lr"], trained["mmgan"]["train"]["lr_final"]) == (2e-4, 2e-4)
-    assert (trained["mmgan-lr2e-3"]["train"]["lr"], trained["mmgan-lr2e-3"]["train"]["lr_final"]) == (2e-3, 1e-4)
-    assert trained["mmgan-lr2e-3"]["train"]["critic_lr"] == 2e-4  # the rest of MM-GAN's recipe is kept
+    for lr in ("0.001", "0.002"):  # the sweep keeps each recipe's ratio of final to initial rate
+        mmgan, mmhvae = trained(f"mmgan-lr{lr}-seed0"), trained(f"mmhvae-lr{lr}-seed0")
+        assert mmgan["lr"] == float(lr) and mmgan["lr_final"] == float(lr) and mmgan["critic_lr"] == 2e-4
+        assert mmhvae["lr_final"] == pytest.approx(float(lr) / 20)
+    runs = [m.name for m in (tmp_path / "work" / "runs").iterdir()]
+    seeds = [trained(name) for name in ("mmhvae-lr0.001-seed1", "mmhvae-lr0.002-seed1")
+             if any(re.fullmatch(rf"{re.escape(name)}-[0-9a-f]+", run) for run in runs)]
+    assert len(seeds) == 1 and seeds[0]["seed"] == 1 and seeds[0]["fold_seed"] == 0  # same validation split
 
 
 def test_paper_groups_map_onto_smaller_hierarchies():

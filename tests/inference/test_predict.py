@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from mmhvae.errors import InputError
 from mmhvae.inference.predict import predict, prepare_for_model
@@ -224,3 +225,62 @@ def test_overwrite_leaves_one_runs_predictions_and_nothing_of_the_user(model_fil
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "t2", "us", "us+t2"]
     predict(model_file, subject, tmp_path / "out", overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{k}.nii.gz" for k in SMALL.modalities] + ["notes.txt"])
+
+
+MR_ONLY = MMHVAEConfig(modalities=("t1", "t2", "t1c", "flair"), image_size=32, num_pool=3, latent_channels=(2, 4, 4),
+                       global_latent=8, base_features=4, max_features=8, decoder_blocks=1)
+
+
+@pytest.mark.parametrize("spacing", [None, 0.8])
+def test_predictions_on_prepared_data_go_back_to_the_original_grid_and_header(non_canonical_subject, tmp_path,
+                                                                              spacing):
+    """An oblique, non-canonical, odd-sized subject of four MR sequences, prepared (reoriented, cropped, with or
+    without resampling), then predicted: every output lies on the original grid with the original header, and
+    only where the original images have brain."""
+    from mmhvae.preprocessing.real_volumes import PrepareSettings, prepare_data
+
+    torch.manual_seed(0)
+    model = save_model_file(tmp_path / "mr.pt", MMHVAE.from_config(MR_ONLY).eval(),
+                            PreprocessConfig(modalities=MR_ONLY.modalities, image_size=32))
+    source = non_canonical_subject()
+    prepare_data(source.parent, tmp_path / "prepared", PrepareSettings(spacing_mm=spacing))
+    written = predict(model, tmp_path / "prepared" / "case", tmp_path / "out", inputs="t1,t2", samples=2)
+    assert len(written) == 8
+    original = nib.load(str(source / "t1.nii.gz"))
+    brain = np.asarray(original.dataobj) > 0
+    for key in MR_ONLY.modalities:
+        for name in (f"{key}.nii.gz", f"{key}_std.nii.gz"):
+            output = nib.load(str(tmp_path / "out" / "case" / name))
+            assert output.shape == original.shape
+            for field in ("srow_x", "srow_y", "srow_z", "quatern_b", "quatern_c", "quatern_d", "qoffset_x",
+                          "qoffset_y", "qoffset_z", "pixdim", "qform_code", "sform_code", "xyzt_units"):
+                np.testing.assert_array_equal(output.header[field], original.header[field], err_msg=field)
+            values = np.asarray(output.dataobj)
+            assert values.any()
+            outside = (values != 0) & ~brain
+            if spacing is None:  # the way back is exact: the predictions are where the brain is
+                assert not outside.any()
+            else:  # resampled there and back: at most a rim of one voxel (its 26 neighbours) around the brain
+                assert not (outside & ~ndimage.binary_dilation(brain, np.ones((3, 3, 3)))).any()
+
+
+def test_a_record_that_does_not_describe_the_grid_is_refused(non_canonical_subject, tmp_path):
+    from mmhvae.preprocessing.real_volumes import PrepareSettings, prepare_data
+
+    model = save_model_file(tmp_path / "mr.pt", MMHVAE.from_config(MR_ONLY).eval(),
+                            PreprocessConfig(modalities=MR_ONLY.modalities, image_size=32))
+    prepare_data(non_canonical_subject().parent, tmp_path / "prepared", PrepareSettings(spacing_mm=None))
+    record = tmp_path / "prepared" / "case" / "prepared.json"
+    other = non_canonical_subject("other")
+    record.rename(other / "prepared.json")
+    with pytest.raises(InputError, match="not on the grid this record describes"):
+        predict(model, other, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_with_none_of_the_models_modalities_is_one_clear_error(model_file, non_canonical_subject, tmp_path):
+    folder = non_canonical_subject()
+    for key in ("t2", "t1c", "flair"):
+        (folder / f"{key}.nii.gz").unlink()
+    with pytest.raises(InputError, match=r"have t1 and none of us, t2, t1c, flair \(the modalities of the model\)"):
+        predict(model_file, folder.parent, tmp_path / "out")

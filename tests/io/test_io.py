@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mmhvae.errors import InputError
-from mmhvae.io.layouts import discover_subjects
+from mmhvae.io.layouts import discover_subjects, modalities_found, require_modalities_present
 from mmhvae.io.subjects import load_subject
 from mmhvae.io.volumes import read_volume, write_volume
 from mmhvae.modalities import ModalitySet
@@ -258,3 +258,38 @@ def test_memory_estimate_counts_every_modality_and_honours_the_limit(tmp_path, m
     monkeypatch.setenv("MMHVAE_MEMORY_LIMIT_GB", str(needed / 2**30 * 0.99))
     with pytest.raises(InputError, match="3 images of shape"):
         load_subject(files)
+
+
+def test_unknown_name_says_what_was_found_and_what_is_accepted(tmp_path):
+    name = "BraTS-GLI-00009-000"
+    for suffix in ("t1n", "adc"):
+        write_nifti(tmp_path / name / f"{name}-{suffix}.nii.gz", brain_like())
+    with pytest.raises(InputError) as raised:
+        discover_subjects(tmp_path)
+    assert raised.value.path.name == f"{name}-adc.nii.gz"
+    assert raised.value.problem.startswith("unknown modality name 'adc' in the file name; expected")
+    assert "us, t1, t1c, t2, flair, pd" in raised.value.problem and "t2w" in raised.value.problem
+
+
+def test_the_modalities_a_folder_holds_and_the_error_when_it_holds_none_of_a_runs(tmp_path):
+    make_subject(tmp_path / "a", ("pd", "t1w"))
+    make_subject(tmp_path / "b", ("t2f",))
+    subjects = discover_subjects(tmp_path)
+    assert modalities_found(subjects) == ("t1", "flair", "pd")  # DATA_ORDER, aliases resolved
+    require_modalities_present(subjects, ("flair", "us"), tmp_path, "x", "y")  # one is enough
+    with pytest.raises(InputError) as raised:
+        require_modalities_present(subjects, ("us", "t2"), tmp_path, "from --modalities",
+                                   "train on theirs with --modalities {found}")
+    assert str(raised.value) == (f"{tmp_path}: its subjects have t1, flair, pd and none of us, t2 (from --modalities);"
+                                 " train on theirs with --modalities t1,flair,pd")
+
+
+def test_a_brain_mask_and_the_record_of_prepare_are_part_of_a_subject(tmp_path):
+    folder = make_subject(tmp_path / "s", ("t1",))
+    write_nifti(folder / "mask.nii.gz", brain_like() > 0, dtype=np.uint8)
+    (folder / "prepared.json").write_text("{}")
+    (files,) = discover_subjects(tmp_path)
+    assert files.mask == folder / "mask.nii.gz" and files.record == folder / "prepared.json"
+    assert "mask" not in files.modalities
+    subject = load_subject(files)
+    assert subject.mask is not None and subject.mask.shape == subject.reference.shape

@@ -358,3 +358,44 @@ def test_bad_settings_are_input_errors(tmp_path):
                    {"size": 8}, {"missing": "most"}):
         with pytest.raises(InputError):
             simulate_cohort(tmp_path, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------- BraTS layout
+
+
+@pytest.fixture(scope="session")
+def brats_cohort(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("brats") / "cohort"
+    simulate_cohort(out, subjects=2, seed=0, size=32, layout="brats", preview=out.parent / "brats.png")
+    return out
+
+
+def test_brats_layout_is_named_oriented_and_skull_stripped_as_brats(brats_cohort):
+    subjects = discover_subjects(brats_cohort)
+    assert [s.name for s in subjects] == ["BraTS-PHANTOM-00000-000", "BraTS-PHANTOM-00001-000"]
+    name = subjects[0].name
+    assert sorted(p.name for p in (brats_cohort / name).iterdir()) == [
+        f"{name}-{suffix}.nii.gz" for suffix in ("seg", "t1c", "t1n", "t2f", "t2w")]
+    for files in subjects:
+        assert files.layout == "brats" and sorted(files.modalities) == ["flair", "t1", "t1c", "t2"]
+        subject = load_subject(files)
+        assert subject.reference.shape == (32, 32, 21)  # 240 x 240 x 155 mm at 7.5 mm
+        assert nib.aff2axcodes(subject.reference.affine) == ("L", "P", "S")
+        np.testing.assert_allclose(subject.reference.zooms, 7.5)
+        brain = np.logical_or.reduce([v.array > 0 for v in subject.volumes.values()])
+        assert 0.05 < brain.mean() < 0.6  # skull-stripped: zero outside the brain, which fills part of the field
+        assert subject.seg.array.max() > 0 and not subject.seg.array[~brain].any()
+    record = json.loads((brats_cohort / "cohort.json").read_text())
+    assert record["layout"] == "brats" and record["missing"] == "complete"
+    assert record["modalities"] == ["t1", "t1c", "t2", "flair"]
+    assert (brats_cohort.parent / "brats.png").stat().st_size > 0
+
+
+def test_a_brats_subject_has_the_anatomy_and_tumour_of_its_canonical_twin(brats_cohort, tmp_path):
+    twin = simulate_cohort(tmp_path, subjects=1, seed=0, size=32, slices=4, modalities=["t2"], missing="complete")
+    brats = json.loads((brats_cohort / "cohort.json").read_text())
+    assert brats["subject_records"][0]["tumour"] == twin["subject_records"][0]["tumour"]
+
+
+def test_the_canonical_cohort_record_has_no_layout_key(cohort):
+    assert "layout" not in json.loads((cohort / "cohort.json").read_text())

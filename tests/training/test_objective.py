@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from mmhvae.config import TrainConfig
 from mmhvae.training.objective import (
     gan_weight,
     kl_weight,
@@ -34,28 +35,52 @@ def critic_scores():
 
 
 def test_eq19_sums_observed_modalities_and_divides_the_kl_by_pixels_times_modalities():
+    """The normalisation of runs saved before train.kl_normalisation existed, by its name."""
     images, targets, observed, weights = fixed_batch()
     kl_total = torch.tensor([12.0, 36.0])  # mean 24 nats over H x W x M = 12 image values
-    losses = mmhvae_losses(images, targets, observed, kl_total, weights, "l2", kl_factor=0.25)
+    losses = mmhvae_losses(images, targets, observed, kl_total, weights, "l2", kl_factor=0.25,
+                           kl_normalisation="modality_pixels")
     assert list(losses) == ["image", "kl", "kl_weight", "total"]
     # weighted squared errors [[1, 2], [1, 4.5]]; observed sums 3 and 1; mean over rows 2
     assert losses["image"].item() == pytest.approx(2.0)
     assert losses["kl"].item() == pytest.approx(2.0)
     assert losses["kl_weight"].item() == pytest.approx(0.25)
     assert losses["total"].item() == pytest.approx(2.0 + 0.25 * 2.0)
-    l1 = mmhvae_losses(images, targets, observed, kl_total, weights, "l1", kl_factor=0.25)
+    l1 = mmhvae_losses(images, targets, observed, kl_total, weights, "l1", kl_factor=0.25,
+                       kl_normalisation="modality_pixels")
     assert l1["image"].item() == pytest.approx((1 + 1 + 1) / 2)  # weighted [[1, 1], [1, 1.5]], observed
+
+
+def test_eq19_per_image_pixel_is_the_default_and_weighs_the_kl_m_times_the_old_normalisation():
+    images, targets, observed, weights = fixed_batch()
+    losses = mmhvae_losses(images, targets, observed, torch.tensor([12.0, 36.0]), weights, "l2", kl_factor=0.25,
+                           kl_normalisation="image_pixels")
+    assert losses["image"].item() == pytest.approx(2.0)  # as before: the per-pixel means of the observed images
+    assert losses["kl"].item() == pytest.approx(24 / 6)  # nats per image pixel, H x W = 6
+    assert losses["total"].item() == pytest.approx(2.0 + 0.25 * 4.0)
+    assert TrainConfig().kl_normalisation == "image_pixels"
+    torch.manual_seed(0)  # M = 4 modalities of 5 x 7 pixels, some unobserved
+    images, targets = torch.randn(6, 4, 5, 7), torch.randn(6, 4, 5, 7)
+    observed, kl_total, weights = torch.rand(6, 4) > 0.3, torch.rand(6) * 100, torch.ones(4)
+    ratios = {}
+    for normalisation in ("image_pixels", "modality_pixels"):
+        terms = mmhvae_losses(images, targets, observed, kl_total, weights, "l2", 1e-3, normalisation)
+        ratios[normalisation] = (terms["kl"] / terms["image"]).item()
+    assert ratios["image_pixels"] / ratios["modality_pixels"] == pytest.approx(4, rel=1e-6)
+    with pytest.raises(ValueError, match="kl_normalisation"):
+        mmhvae_losses(images, targets, observed, kl_total, weights, "l2", 1e-3, "per_voxel")
 
 
 def test_the_gan_term_of_eq16_is_added_at_its_weight():
     images, targets, observed, weights = fixed_batch()
-    losses = mmhvae_losses(images, targets, observed, torch.zeros(2), weights, "l2", kl_factor=1.0)
+    losses = mmhvae_losses(images, targets, observed, torch.zeros(2), weights, "l2", kl_factor=1.0,
+                           kl_normalisation="image_pixels")
     losses = with_adversarial_term(losses, critic_scores(), "lsgan", weight=0.1)
     assert list(losses) == ["image", "kl", "kl_weight", "total", "gan"]
     assert losses["gan"].item() == pytest.approx(0.5 + 2.0)
     assert losses["total"].item() == pytest.approx(2.0 + 0.1 * 2.5)
-    paper = with_adversarial_term(mmhvae_losses(images, targets, observed, torch.zeros(2), weights, "l2", 1.0),
-                                  critic_scores(), "paper", weight=0.1)
+    paper = with_adversarial_term(mmhvae_losses(images, targets, observed, torch.zeros(2), weights, "l2", 1.0,
+                                                "image_pixels"), critic_scores(), "paper", weight=0.1)
     assert paper["gan"].item() == pytest.approx(0.0 + 3.0)  # Eq. 16 as written: E[d(fake)]
 
 

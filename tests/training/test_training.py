@@ -48,20 +48,25 @@ def test_a_short_cpu_run_writes_config_logs_checkpoints_and_a_model(cohort, conf
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     loaded = load_model_file(model_path)
     assert loaded.meta["steps"] == 4 and loaded.modalities == ("us", "t2", "t1c", "flair")
+    assert loaded.meta["stop_reason"] == "max_steps"  # no early stopping without train.early_stopping_patience
     rows = [r for r in read_log(run) if r.get("loss")]
     assert rows and all(float(r["loss"]) == float(r["loss"]) for r in rows)  # finite, logged
     assert any(r.get("val_psnr_all") for r in read_log(run))  # validated on the held-out subjects
+    assert all(float(r["val_loss"]) > 0 for r in read_log(run) if r.get("val_psnr_all"))  # beside the PSNRs
     assert any(r.get("critic") for r in read_log(run))  # GAN phase reached (gan_start 0.5)
     with pytest.raises(InputError, match="already holds a run"):
         train(cohort, run, config_file, max_steps=4, progress=False)
 
 
 
-def test_validation_is_off_without_held_out_subjects(cohort, config_file, tmp_path, recwarn):
+def test_validation_is_off_without_held_out_subjects(cohort, config_file, tmp_path, recwarn, caplog):
     none = tmp_path / "none"
-    train(cohort, none, config_file, max_steps=2, progress=False, overrides={"val_fraction": 0.0})
+    model = train(cohort, none, config_file, max_steps=2, progress=False,
+                  overrides={"val_fraction": 0.0, "early_stopping_patience": 1})
     assert read_log(none) and not any(r.get("val_psnr_all") for r in read_log(none))
     assert not [w for w in recwarn if "across ranks is zero" in str(w.message)]  # Lightning's empty-loader notice
+    assert "no subject is held out for validation: training runs to train.max_steps" in caplog.text
+    assert load_model_file(model).meta["stop_reason"] == "max_steps"
 
 
 def test_bf16_mixed_precision_trains_with_the_gan_phase(cohort, tmp_path):
@@ -505,6 +510,8 @@ def test_each_baseline_trains_and_records_its_method(cohort, config_file, tmp_pa
     from mmhvae.model.mmhvae import MMHVAE
 
     run = tmp_path / method
+    # The GAN's start left to the method (a value the file sets itself would win over the method's recipe).
+    config_file.write_text(SMALL_CONFIG.replace("  gan_start: 0.5\n", ""))
     model_path = train(cohort, run, config_file, max_steps=2, progress=False, method=method)
     payload, network = model_file_payload(model_path)
     assert payload["meta"]["method"] == method and payload["meta"]["steps"] == 2
@@ -598,3 +605,93 @@ def test_methods_in_config_files_and_bad_methods(cohort, config_file, tmp_path):
 
     assert main(["train", "--data", str(cohort), "--out", str(tmp_path / "cli"), "--method", "pix2pix"]) == 2
     assert not (tmp_path / "cli").exists()
+
+
+def test_early_stopping_stops_on_a_plateau_records_it_and_resumes_exactly(cohort, config_file, tmp_path):
+    """Patience 2 and a 99 % improvement asked for: validations at steps 2 (the best), 4 and 6 (no improvement
+    twice) stop the run at step 6 of 10. Interrupted at step 4 and resumed, it stops at step 6 too, which needs
+    the callback's state from the checkpoint (without it, step 6 would count as a first improvement)."""
+    plateau = {"early_stopping_patience": 2, "early_stopping_min_delta": 0.99}
+    run = tmp_path / "run"
+    train(cohort, run, config_file, max_steps=10, progress=False, stop_at_step=4, overrides=plateau)
+    assert load_model_file(run / "model.pt").meta["stop_reason"] == "interrupted"
+    states = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
+    (stopping,) = [state for key, state in states.items() if key.startswith("RelativeEarlyStopping")]
+    assert stopping["wait_count"] == 1 and math.isfinite(float(stopping["best_score"]))
+    train(cohort, run, resume=True, progress=False)
+    meta = load_model_file(run / "model.pt").meta
+    assert (meta["steps"], meta["stop_reason"]) == (6, "converged")
+    assert len([r for r in read_log(run) if r.get("val_loss")]) == 3  # at steps 2, 4 and 6
+
+
+def test_early_stopping_asks_for_a_relative_improvement():
+    """1 % of the best val_loss, whatever the scale: 995 after 1000 is no improvement, 980 is."""
+    from mmhvae.training.stopping import RelativeEarlyStopping
+
+    stopping = RelativeEarlyStopping(patience=2, relative_delta=0.01)
+    decisions = [stopping._evaluate_stopping_criteria(torch.tensor(v))[0] for v in (1000.0, 995.0, 980.0, 975.0)]
+    assert decisions == [False, False, False, False] and stopping.wait_count == 1
+    assert float(stopping.best_score) == 980.0
+    assert stopping._evaluate_stopping_criteria(torch.tensor(972.0))[0]  # 972 > 0.99 x 980: a second plateau
+
+
+def test_training_runs_with_the_single_sample_kl_of_eq19(cohort, tmp_path):
+    config = tmp_path / "sample-kl.yaml"
+    config.write_text(SMALL_CONFIG.replace("  decoder_blocks: 1\n", "  decoder_blocks: 1\n  kl: sample\n"))
+    model = train(cohort, tmp_path / "run", config, max_steps=2, progress=False, overrides={"val_fraction": 0.0})
+    assert load_model_file(model).meta["config"]["model"]["kl"] == "sample"
+    rows = [r for r in read_log(tmp_path / "run") if r.get("kl")]
+    assert len(rows) == 2 and all(math.isfinite(float(r["kl"])) and math.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_the_module_weighs_the_kl_per_image_pixel_by_default(config_file):
+    """On one batch and the same weights: Eq. 19 per image pixel gives M = 4 times the KL of the old option."""
+    from mmhvae.config import from_mapping, load_config
+
+    base = load_config(config_file)
+    torch.manual_seed(0)
+    batch = {"inputs": torch.randn(2, 4, 32, 32), "present": torch.ones(2, 4, dtype=torch.bool)}
+    batch["targets"] = batch["inputs"]
+    subsets = torch.tensor([[True, False, True, False]])
+    kl = {}
+    for normalisation in ("image_pixels", "modality_pixels"):
+        run = base.to_dict()
+        run["train"]["kl_normalisation"] = normalisation
+        torch.manual_seed(1)
+        module = MMHVAEModule(from_mapping(run, "<test>", base).to_dict())
+        kl[normalisation] = module.generator_losses(batch, subsets)["kl"].item()
+    assert base.train.kl_normalisation == "image_pixels"
+    assert kl["image_pixels"] == pytest.approx(4 * kl["modality_pixels"], rel=1e-5)
+
+
+def test_a_run_saved_before_kl_normalisation_existed_resumes_as_it_started(tmp_path, caplog):
+    from mmhvae.config import load_config, save_config
+    from mmhvae.training.trainer import saved_run_config
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    for folder in (old, new):
+        folder.mkdir()
+        save_config(load_config("tiny"), folder / "config.yaml")
+    text = (old / "config.yaml").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith(("kl_normalisation", "subset_"))]
+    (old / "config.yaml").write_text("\n".join(lines) + "\n")
+    caplog.set_level(logging.INFO, logger="mmhvae")
+    resumed = saved_run_config(old).train
+    assert (resumed.kl_normalisation, resumed.subset_sampling) == ("modality_pixels", "own")
+    assert caplog.text.count("as it started") == 1 and "kl_normalisation: modality_pixels" in caplog.text
+    caplog.clear()
+    assert saved_run_config(new).train.kl_normalisation == "image_pixels" and "as it started" not in caplog.text
+
+
+def test_mhvae_trains_from_the_command_line_on_the_complete_us_t2_pairs(cohort, config_file, tmp_path):
+    from mmhvae.cli.main import main
+
+    run = tmp_path / "mhvae"
+    assert main(["train", "--data", str(cohort), "--out", str(run), "--config", str(config_file),
+                 "--method", "mhvae", "--max-steps", "2", "--no-progress"]) == 0
+    loaded = load_model_file(run / "model.pt")
+    assert loaded.meta["method"] == "mhvae" and loaded.modalities == ("us", "t2")
+    trained_on = {path.name.split("-")[0] for path in (run / "cache").glob("*.npz")}
+    assert trained_on == {"sub00", "sub02", "sub05", "sub07"}  # the cohort's subjects with both us and t2
+    rows = [r for r in read_log(run) if r.get("loss")]
+    assert len(rows) == 2 and all(math.isfinite(float(r["loss"])) for r in rows)

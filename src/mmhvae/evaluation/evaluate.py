@@ -18,11 +18,12 @@ from mmhvae.evaluation.scoring import (
     CSV_FIELDS,
     evaluation_rows,
     load_models,
-    method_names,
+    model_labels,
     prepared_for_evaluation,
     training_mean_images,
 )
-from mmhvae.evaluation.tables import floor_comparison, markdown_table, method_summary
+from mmhvae.evaluation.statistics import CORRECTIONS
+from mmhvae.evaluation.tables import floor_comparison, markdown_table, method_summary, paired_differences
 from mmhvae.inference.synthesis import DEFAULT_TEMPERATURE, check_sampling
 from mmhvae.io.files import write_csv_atomic, write_text_atomic
 from mmhvae.io.layouts import SubjectFiles, discover_subjects
@@ -36,25 +37,41 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     write_csv_atomic(path, rows, CSV_FIELDS)
 
 
-def write_results(out: Path, rows: list[dict], modalities: Sequence[str], with_lpips: bool = True,
-                  preamble: str = "") -> None:
-    """metrics.csv (long table) and table.md (Table I layout, plus the margin over the floor when present)."""
-    if not rows:
-        raise InputError("no subject had a modality of the model", out)
-    write_csv(out / "metrics.csv", rows)
+def results_text(rows: list[dict], modalities: Sequence[str], with_lpips: bool = True,
+                 correction: str = "holm") -> str:
+    """Table I, then, with several methods, the per-method summary and the paired differences of the first
+    method against each other one, and, with the mean-image floor, each method's margin over it."""
     metric_names = ("psnr", "ssim", "lpips") if with_lpips else ("psnr", "ssim")
-    text = preamble + markdown_table(rows, list(modalities), metric_names) + "\n"
+    text = markdown_table(rows, list(modalities), metric_names, correction=correction) + "\n"
     names = list(dict.fromkeys(r["method"] for r in rows))
-    if "mean-image" in names:
-        text += ("\n## Mean synthesis and harmonisation scores per method\n\n" + method_summary(rows, metric_names)
-                 + "\n")
+    if len(names) > 1:
+        text += ("\n## Mean synthesis and harmonisation scores per method\n\n"
+                 + method_summary(rows, metric_names, correction=correction) + "\n")
+    if len([n for n in names if n != "mean-image"]) > 1:
+        text += (f"\n## Paired differences: {names[0]} against each other method\n\n"
+                 + paired_differences(rows, names[0], metric_names, correction) + "\n")
         for name in names:
             if name != "mean-image":
                 text += (f"\n## {name}: subject-averaged scores and margin over the mean-image floor\n\n"
                          "SSIM SE: standard error of the mean over subjects (sample sd / sqrt(subjects)).\n\n"
                          + floor_comparison(rows, name) + "\n")
-    write_text_atomic(out / "table.md", text)
+    return text
+
+
+def write_results(out: Path, rows: list[dict], modalities: Sequence[str], with_lpips: bool = True,
+                  preamble: str = "", correction: str = "holm") -> None:
+    """metrics.csv (long table) and table.md (`results_text`)."""
+    if not rows:
+        raise InputError("no subject had a modality of the model", out)
+    write_csv(out / "metrics.csv", rows)
+    write_text_atomic(out / "table.md", preamble + results_text(rows, modalities, with_lpips, correction))
     log.info(f"wrote {out / 'metrics.csv'} and {out / 'table.md'}")
+
+
+def check_correction(correction: str) -> None:
+    """The --correction option, or an input error."""
+    if correction not in CORRECTIONS:
+        raise InputError(f"--correction: unknown {correction!r} (choose {' or '.join(CORRECTIONS)})")
 
 
 def note_targets_from_inputs(subjects: Sequence[SubjectFiles]) -> None:
@@ -74,27 +91,33 @@ def settings_line(temperature: float, samples: int) -> str:
 
 def evaluate(model: str | Path | Sequence[str | Path], data: str | Path, out: str | Path,
              temperature: float = DEFAULT_TEMPERATURE, with_lpips: bool = True, method: str | None = None,
-             overwrite: bool = False, mean_image_from: str | Path | None = None, samples: int = 1) -> list[dict]:
+             overwrite: bool = False, mean_image_from: str | Path | None = None, samples: int = 1,
+             correction: str = "holm") -> list[dict]:
     """The `mmhvae evaluate` job: long CSV and Table I-style Markdown for every test subject in `data`.
 
     `model` may be several model files (methods compared in one table, with the paired tests); each is named
     by the method it was trained with, or `method` for a single model. `mean_image_from` (a training data
     folder) adds the mean-image baseline computed on it. `samples` > 1 scores the mean of that many samples per
-    prediction (at `temperature`); table.md names both settings.
+    prediction (at `temperature`); table.md names both settings. Models of one method trained with different
+    seeds are pooled per subject; the paired tests over subjects are corrected by `correction` (holm or
+    bonferroni).
     """
     check_sampling(temperature, samples)
+    check_correction(correction)
     out = Path(out)
     refuse_to_overwrite(out, overwrite, exists=(out / "metrics.csv").exists(),
                         problem="the output folder already has results")
     paths = [Path(model)] if isinstance(model, (str, Path)) else [Path(m) for m in model]
     models = load_models(paths)
-    names = [method] if method is not None and len(models) == 1 else method_names(paths, models)
+    labels = model_labels(paths, models)
+    if method is not None and len(models) == 1:
+        labels = [(method, labels[0][1])]
     subjects = discover_subjects(data)
     read_every_subject_first(subjects, lambda files: prepared_for_evaluation(files, models[0]))
     note_targets_from_inputs(subjects)
     mean = None if mean_image_from is None else training_mean_images(discover_subjects(mean_image_from), models[0])
-    rows = evaluation_rows(models, names, subjects, temperature, with_lpips, mean, samples)
+    rows = evaluation_rows(models, labels, subjects, temperature, with_lpips, mean, samples)
     if not rows:
         raise InputError("no subject had a modality of the model", data)
-    write_results(out, rows, models[0].modalities, with_lpips, preamble=settings_line(temperature, samples))
+    write_results(out, rows, models[0].modalities, with_lpips, settings_line(temperature, samples), correction)
     return rows

@@ -19,7 +19,7 @@ from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, subset_lab
 from mmhvae.model_file import LoadedModel, load_model_file
 from mmhvae.preprocessing.prepare import PreparedSubject, PreprocessConfig, load_prepared
 
-CSV_FIELDS = ("subject", "slice", "method", "inputs", "target", "task", "psnr", "ssim", "lpips")
+CSV_FIELDS = ("subject", "slice", "method", "seed", "inputs", "target", "task", "psnr", "ssim", "lpips")
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,12 @@ def score(prediction: np.ndarray, target: np.ndarray, fov: np.ndarray, with_lpip
 
 def evaluate_subject(loaded: LoadedModel, prepared: PreparedSubject, method: str = "mmhvae",
                      subsets: Sequence[Subset] | None = None, temperature: float = DEFAULT_TEMPERATURE,
-                     with_lpips: bool = False, samples: int = 1) -> tuple[list[dict], dict[Subset, np.ndarray]]:
+                     with_lpips: bool = False, samples: int = 1, seed: int = 0
+                     ) -> tuple[list[dict], dict[Subset, np.ndarray]]:
     """Rows of the long table for one subject, and the predictions [M, H, W, S] of each subset.
 
     With `samples` > 1 each prediction is the mean of that many samples, as `mmhvae predict --samples` writes.
+    `seed` is the model's training seed, recorded in every row (the rows of one method's seeds are pooled).
     """
     modalities = ModalitySet(loaded.modalities)
     present = modalities.from_indicator(prepared.present.astype(int))
@@ -46,7 +48,7 @@ def evaluate_subject(loaded: LoadedModel, prepared: PreparedSubject, method: str
             j = modalities.index(key)
             task = "harmonisation" if key in result.subset else "synthesis"
             for r in score(result.mean[j], prepared.targets[j], prepared.fov, with_lpips):
-                rows.append({"subject": prepared.name, "slice": r["slice"], "method": method,
+                rows.append({"subject": prepared.name, "slice": r["slice"], "method": method, "seed": seed,
                              "inputs": subset_label(result.subset), "target": key, "task": task,
                              "psnr": r["psnr"], "ssim": r["ssim"], "lpips": r.get("lpips", float("nan"))})
     return rows, {r.subset: r.mean for r in results}
@@ -83,7 +85,7 @@ def evaluate_mean_image(mean: np.ndarray, prepared: PreparedSubject, modalities:
         for subset in non_empty_subsets(present):
             task = "harmonisation" if key in subset else "synthesis"
             for r in score(prediction[j], prepared.targets[j], prepared.fov, False):
-                rows.append({"subject": prepared.name, "slice": r["slice"], "method": "mean-image",
+                rows.append({"subject": prepared.name, "slice": r["slice"], "method": "mean-image", "seed": 0,
                              "inputs": subset_label(subset), "target": key, "task": task,
                              "psnr": r["psnr"], "ssim": r["ssim"], "lpips": float("nan")})
     return rows
@@ -95,44 +97,67 @@ def prepared_for_evaluation(files: SubjectFiles, loaded: LoadedModel) -> Prepare
     return load_prepared(files, loaded.preprocess)
 
 
+def training_seed(loaded: LoadedModel) -> int:
+    """The seed a model file was trained with (0 when its meta does not say)."""
+    return int(((loaded.meta.get("config") or {}).get("train") or {}).get("seed", 0))
+
+
+def model_labels(paths: Sequence[Path], loaded: Sequence[LoadedModel]) -> list[tuple[str, int]]:
+    """(table name, training seed) of each model: the method recorded at training (`train --method`). Models
+    of one method trained with different seeds share the name (their scores are pooled over seeds); two files
+    of the same method and seed are told apart by file name."""
+    labels = [(m.meta.get("method") or m.variant, training_seed(m)) for m in loaded]
+    return [(f"{name} ({Path(path).stem})" if labels.count((name, seed)) > 1 else name, seed)
+            for (name, seed), path in zip(labels, paths)]
+
+
 def method_names(paths: Sequence[Path], loaded: Sequence[LoadedModel]) -> list[str]:
-    """Table names of the models: the method recorded at training (`train --method`), made unique by file name."""
+    """One name per model file, where each model is a table row of its own (the downstream tasks, `info`): the
+    method recorded at training, made unique by file name."""
     names = [m.meta.get("method") or m.variant for m in loaded]
     return [f"{name} ({Path(path).stem})" if names.count(name) > 1 else name for name, path in zip(names, paths)]
 
 
 def same_targets(a: PreprocessConfig, b: PreprocessConfig) -> bool:
-    """Whether two models' preprocessing gives the same targets and grid (all settings but the inputs')."""
-    return dataclasses.replace(a, input_normalisation=b.input_normalisation) == b
+    """Whether two models' preprocessing gives the same targets and grid: every setting but the input
+    normalisation and the modality list (a model may know fewer modalities than the reference)."""
+    return dataclasses.replace(a, input_normalisation=b.input_normalisation, modalities=b.modalities) == b
 
 
 def load_models(paths: Sequence[str | Path]) -> list[LoadedModel]:
-    """Model files to compare in one table: the same modalities and preprocessing, or an input error.
+    """Model files to compare in one table, the first the reference: the others know its modalities or some of
+    them (e.g. MHVAE's us and t2), with the same preprocessing otherwise, or an input error.
 
     The input normalisation may differ (the authors' network beside ours): each model prepares its own inputs,
     and the targets every model is scored against do not depend on it."""
     models = [load_model_file(p) for p in paths]
     for path, other in zip(paths[1:], models[1:]):
-        if not same_targets(other.preprocess, models[0].preprocess) or other.modalities != models[0].modalities:
-            raise InputError("models compared in one table need the same modalities and preprocessing as "
-                             f"{paths[0]}", path)
+        if not same_targets(other.preprocess, models[0].preprocess) or not set(other.modalities) <= set(
+                models[0].modalities):
+            raise InputError("models compared in one table need the modalities (or some of them) and the "
+                             f"preprocessing of {paths[0]}", path)
     return models
 
 
-def evaluation_rows(models: Sequence[LoadedModel], names: Sequence[str], subjects: Sequence[SubjectFiles],
-                    temperature: float = DEFAULT_TEMPERATURE, with_lpips: bool = True,
-                    mean: np.ndarray | None = None, samples: int = 1) -> list[dict]:
-    """Long-table rows of every model (named `names`) on every test subject; `mean` adds the mean-image floor."""
+def evaluation_rows(models: Sequence[LoadedModel], labels: Sequence[str | tuple[str, int]],
+                    subjects: Sequence[SubjectFiles], temperature: float = DEFAULT_TEMPERATURE,
+                    with_lpips: bool = True, mean: np.ndarray | None = None, samples: int = 1) -> list[dict]:
+    """Long-table rows of every model on every test subject, each labelled (name, training seed) or by name
+    alone (seed 0); `mean` adds the mean-image floor, on the first (reference) model's grid and modalities.
+    Each model is scored on the input subsets and targets of its own modalities."""
+    labels = [(label, 0) if isinstance(label, str) else label for label in labels]
     rows = []
     for files in subjects:
-        for name, each in zip(names, models):
-            prepared = prepared_for_evaluation(files, each)
-            subject_rows, _ = evaluate_subject(each, prepared, name, temperature=temperature,
-                                              with_lpips=with_lpips, samples=samples)
+        for (name, seed), each in zip(labels, models):
+            if not set(files.modalities) & set(each.modalities):
+                continue  # none of this model's modalities (a two-modality model, a subject without them)
+            subject_rows, _ = evaluate_subject(each, prepared_for_evaluation(files, each), name,
+                                              temperature=temperature, with_lpips=with_lpips, samples=samples,
+                                              seed=seed)
             rows += subject_rows
         if mean is not None:
-            rows += evaluate_mean_image(mean, prepared, models[0].modalities)
-        log.info(f"{files.name}: {len(subject_rows)} slice scores per model")
+            rows += evaluate_mean_image(mean, prepared_for_evaluation(files, models[0]), models[0].modalities)
+        log.info(f"{files.name}: {sum(r['subject'] == files.name for r in rows)} slice scores")
     return rows
 
 

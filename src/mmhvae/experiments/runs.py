@@ -73,8 +73,10 @@ def run_summary(name: str, model: Path) -> dict[str, Any]:
     """Budget figures of a trained variant, from its model file's meta."""
     loaded = load_model_file(model)
     meta = loaded.meta
+    train = (meta.get("config") or {}).get("train") or {}
     return {"name": name, "method": meta.get("method"), "parameters": parameter_count(loaded.model),
-            "steps": meta.get("steps"), "minutes": meta.get("train_minutes"), "model": str(model)}
+            "steps": meta.get("steps"), "minutes": meta.get("train_minutes"), "model": str(model),
+            "lr": train.get("lr", float("nan")), "seed": train.get("seed"), "stopped": meta.get("stop_reason", "-")}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -88,20 +90,22 @@ def read_rows(path: Path) -> list[dict]:
         rows = list(csv.DictReader(handle))
     for row in rows:
         row["slice"] = int(row["slice"])
+        row["seed"] = int(row.get("seed") or 0)
         for name in ("psnr", "ssim", "lpips"):
             row[name] = float(row[name])
     return rows
 
 
 def scored_rows(model: Path, name: str, subjects: Sequence[SubjectFiles], cache: Path, temperature: float,
-                with_lpips: bool, samples: int = 1) -> list[dict]:
-    """Rows of one model on the test subjects, cached next to the run by model, subjects and settings."""
+                with_lpips: bool, samples: int = 1, seed: int = 0) -> list[dict]:
+    """Rows of one model (named `name`, trained with seed `seed`) on the test subjects, cached next to the run by
+    model, subjects and settings."""
     key = json.dumps([str(model), model.stat().st_mtime_ns, [s.name for s in subjects], temperature, with_lpips]
                      + ([samples] if samples > 1 else []))  # one sample keeps the caches made before --samples
     path = cache / f"scores-{name.replace('=', '')}-{hashlib.sha256(key.encode()).hexdigest()[:8]}.csv"
     if path.is_file():
-        return [dict(r, method=name) for r in read_rows(path)]
-    rows = evaluation_rows(load_models([model]), [name], subjects, temperature, with_lpips, samples=samples)
+        return [dict(r, method=name, seed=seed) for r in read_rows(path)]
+    rows = evaluation_rows(load_models([model]), [(name, seed)], subjects, temperature, with_lpips, samples=samples)
     write_csv(path, rows)
     return rows
 

@@ -40,54 +40,81 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
+def training_seeds(base: RunConfig, seeds: int) -> list[int]:
+    """The training seeds of a study: the config's seed and the ones after it."""
+    if seeds < 1:
+        raise InputError(f"--seeds must be at least 1, got {seeds}")
+    return [base.train.seed + i for i in range(seeds)]
+
+
+def seeded(variant: Variant, seed: int, base: RunConfig, fold_seed: int | None = None) -> Variant:
+    """`variant` at training seed `seed`; the config's own seed keeps the variant's plain name (so the runs of
+    one-seed studies stay where they were)."""
+    if seed == base.train.seed and fold_seed is None:
+        return variant
+    return variant.with_seed(seed, fold_seed)
+
+
 def crossvalidate(data: str | Path, out: str | Path, config: str | Path = "tiny", methods: Sequence[str] = METHODS,
                   folds: int = 3, max_steps: int | None = None, temperature: float = DEFAULT_TEMPERATURE,
-                  with_lpips: bool = True, samples: int = 1) -> list[dict]:
+                  with_lpips: bool = True, samples: int = 1, seeds: int = 1, correction: str = "holm"
+                  ) -> list[dict]:
     """`mmhvae evaluate --folds K`: the paper's K-fold cross-validation end to end (Section 4.4.1).
 
-    For each fold (stratified by missingness pattern), every method is trained on the other folds and
-    evaluated on its subjects, with the mean-image floor of those training subjects; the test results of
-    all folds are pooled into one long CSV and one Table I."""
+    For each fold (stratified by missingness pattern, the same folds for every seed), every method is trained
+    `seeds` times on the other folds and evaluated on its subjects, with the mean-image floor of those training
+    subjects; the test subjects of all folds are pooled (each is tested once) into one long CSV and one Table I,
+    the subject being the unit of its statistics."""
     data, out = Path(data), Path(out)
     methods = check_methods(methods)
     check_sampling(temperature, samples)
     base = load_config(config)
     steps = max_steps or base.train.max_steps
+    fold_seed = base.train.seed if seeds > 1 else None
     rows: list[dict] = []
     for fold in range(folds):
         train_subjects, test_subjects = cross_validation_split(data, base.data.modality_set, folds, fold,
                                                                base.train.seed)
         log.info(f"fold {fold + 1}/{folds}: {len(train_subjects)} training, {len(test_subjects)} test subjects")
         runs = out / f"fold-{fold}"
-        models = [train_variant(Variant(m, m), data, runs, base, steps, folds, fold) for m in methods]
-        for method, model in zip(methods, models):
-            rows += scored_rows(model, method, test_subjects, runs, temperature, with_lpips, samples)
-        rows += mean_image_rows(models[0], train_subjects, test_subjects)
+        first = None
+        for seed in training_seeds(base, seeds):
+            for method in methods:
+                model = train_variant(seeded(Variant(method, method), seed, base, fold_seed), data, runs, base,
+                                      steps, folds, fold)
+                first = first or model
+                rows += scored_rows(model, method, test_subjects, runs, temperature, with_lpips, samples, seed)
+        rows += mean_image_rows(first, train_subjects, test_subjects)
     preamble = (f"# {folds}-fold cross-validation on {data}\n\nMethods trained {steps} steps each per fold "
-                f"(config {config}, seed {base.train.seed}); test subjects of every fold pooled.\n\n"
-                + settings_line(temperature, samples))
-    write_results(out, rows, base.model.modalities, with_lpips, preamble)
+                f"(config {config}, seeds {', '.join(map(str, training_seeds(base, seeds)))}); test subjects of "
+                "every fold pooled.\n\n" + settings_line(temperature, samples))
+    write_results(out, rows, base.model.modalities, with_lpips, preamble, correction)
     return rows
 
 
 def ablate(data: str | Path, out: str | Path, config: str | Path = "tiny", max_steps: int | None = None,
            test_data: str | Path | None = None, folds: int = 3, fold: int = 0,
-           temperature: float = DEFAULT_TEMPERATURE, with_lpips: bool = True) -> str:
+           temperature: float = DEFAULT_TEMPERATURE, with_lpips: bool = True, seeds: int = 1,
+           correction: str = "holm") -> str:
     """`mmhvae ablate`: Table II (Section 4.4.2) on one fold: latent groups, fusion, GAN loss.
 
     Trains every distinct variant with the same budget on the training subjects of fold `fold` (or on all of
     `data` when a separate `test_data` folder is given) and evaluates them on the held-out subjects.
+    Each variant is trained `seeds` times (the same fold for every seed).
     Returns the Markdown table, also written to OUT/ablation.md (and every score to OUT/ablation.csv)."""
     data, out = Path(data), Path(out)
     base = load_config(config)
     steps = max_steps or base.train.max_steps
     train_subjects, test_subjects, folds_used = held_out_split(data, base, test_data, folds, fold)
-    models = {v.name: train_variant(v, data, out / "runs", base, steps, folds_used, fold)
-              for v in ablation_variants(base)}
+    fold_seed = base.train.seed if seeds > 1 and folds_used else None
     rows = []
-    for name, model in models.items():
-        rows += scored_rows(model, name, test_subjects, out / "runs", temperature, with_lpips)
-    table = ablation_study_table(rows, base, with_lpips)
+    for seed in training_seeds(base, seeds):
+        for variant in ablation_variants(base):
+            model = train_variant(seeded(variant, seed, base, fold_seed), data, out / "runs", base, steps,
+                                  folds_used, fold)
+            rows += scored_rows(model, variant.name, test_subjects, out / "runs", temperature, with_lpips,
+                                seed=seed)
+    table = ablation_study_table(rows, base, with_lpips, correction)
     write_csv(out / "ablation.csv", rows)
     where = f"fold {fold} of {folds}" if folds_used else f"test subjects of {test_data}"
     write_text_atomic(out / "ablation.md", f"# Ablation study (Table II), {where}\n\n{table}\n")
@@ -107,11 +134,8 @@ def held_out_split(data: Path, base: RunConfig, test_data: str | Path | None, fo
     return train_subjects, test_subjects, folds
 
 
-def ablation_study_table(rows: list[dict], base: RunConfig, with_lpips: bool) -> str:
+def ablation_study_table(rows: list[dict], base: RunConfig, with_lpips: bool, correction: str = "holm") -> str:
     """Table II in Markdown, its three sections as in the paper, with how to read it."""
     metric_names = ("psnr", "ssim", "lpips") if with_lpips else ("psnr", "ssim")
     groups = [(title, [(label, v.name) for label, v in members]) for title, members in ablation_groups(base)]
-    return ablation_table(rows, groups, base.model.modalities, metric_names) + (
-        "\n\nMean (sd) over slices inside the field of view and over every input combination (harmonisation and "
-        "synthesis). Bold: better than every other setting of its section, paired Wilcoxon signed-rank over "
-        "(subject, slice, inputs), Bonferroni-corrected p < 0.01.")
+    return ablation_table(rows, groups, base.model.modalities, metric_names, correction=correction)

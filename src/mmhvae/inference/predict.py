@@ -1,8 +1,9 @@
 """`mmhvae predict`: a subject's images in, every modality of the model out, on the subject's own grid.
 
 A subject is prepared as the model file says (`prepare_for_model`), synthesised (`synthesis`), and written as
-NIfTI on the subject's grid and header: harmonised intensities, 0 outside the field of view. Every subject of a
-folder is read and checked before anything is written.
+NIfTI on the subject's grid and header: harmonised intensities, 0 outside the field of view. A subject folder
+written by `mmhvae prepare` (with its prepared.json) gets its outputs back on the grid and header of its original
+volumes. Every subject of a folder is read and checked before anything is written.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from mmhvae.errors import InputError, refuse_to_overwrite
 from mmhvae.inference.device import resolve_device, resolve_precision
 from mmhvae.inference.synthesis import DEFAULT_TEMPERATURE, check_sampling, synthesise
-from mmhvae.io.layouts import discover_subjects
+from mmhvae.io.layouts import SubjectFiles, discover_subjects, require_modalities_present
 from mmhvae.io.subjects import Subject, load_subject, read_every_subject_first
 from mmhvae.io.volumes import Volume, write_volume
 from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, parse_modality_list, subset_label
@@ -24,6 +25,8 @@ from mmhvae.model_file import LoadedModel, load_model_file
 from mmhvae.preprocessing.grid import centre_pad_crop
 from mmhvae.preprocessing.intensity import network_to_target
 from mmhvae.preprocessing.prepare import PreparedSubject, prepare_subject
+from mmhvae.preprocessing.real_volumes import read_grid_record
+from mmhvae.preprocessing.reorient import GridRecord
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,34 @@ def back_to_grid(array: np.ndarray, grid_shape: tuple[int, ...], fill: float) ->
     return centre_pad_crop(array, tuple(grid_shape[:2]), fill=fill, axes=(0, 1))
 
 
+def on_subject_grid(image: np.ndarray, fov: np.ndarray, grid_shape: tuple[int, ...]) -> np.ndarray:
+    """One predicted modality [H', W', S] on the network's scale as harmonised intensities on the subject's grid
+    [H, W, S], 0 outside the field of view."""
+    fov_on_grid = back_to_grid(fov, grid_shape, fill=False)
+    return np.where(fov_on_grid, back_to_grid(to_intensities(image, fov), grid_shape, fill=0.0), 0.0)
+
+
+def grid_record(subject: Subject) -> GridRecord | None:
+    """The way back to the original grid of a subject prepared by `mmhvae prepare`, checked against its grid."""
+    if subject.files.record is None:
+        return None
+    record = read_grid_record(subject.files.record)
+    if not record.describes(subject.reference):
+        raise InputError(f"subject '{subject.name}': its images are not on the grid this record describes "
+                         "(prepare the original volumes again)", subject.files.record)
+    return record
+
+
+def write_on_grid(path: Path, array: np.ndarray, fov: np.ndarray, grid: Volume, record: GridRecord | None) -> Path:
+    """An output on the subject's grid and header, 0 outside the field of view `fov`, or back on its original grid
+    and header when it was prepared (the field of view taken back by nearest neighbour, so that interpolation does
+    not spread it)."""
+    if record is None:
+        return write_volume(path, np.where(fov, array, 0.0), grid)
+    inside = record.back_to_original(fov.astype(np.float32), "nearest") > 0.5
+    return write_volume(path, np.where(inside, record.back_to_original(array), 0.0), record.original_grid())
+
+
 def prepare_for_model(subject: Subject, loaded: LoadedModel, inputs: Subset | None = None) -> PreparedSubject:
     """Inputs of a subject prepared as the model's preprocessing says (its grid, its input normalisation),
     restricted to `inputs` (if given) among present modalities."""
@@ -49,7 +80,7 @@ def prepare_for_model(subject: Subject, loaded: LoadedModel, inputs: Subset | No
             raise InputError(f"--inputs {','.join(inputs)}: subject '{subject.name}' has no {unknown}",
                              subject.reference.path.parent if subject.reference.path else None)
         subject = Subject(subject.name, {k: v for k, v in subject.volumes.items() if k in inputs}, subject.files,
-                          subject.seg, subject.tissue, subject.targets)
+                          subject.seg, subject.tissue, subject.targets, subject.mask)
     return prepare_subject(subject, loaded.preprocess, with_targets=False)
 
 
@@ -68,25 +99,28 @@ def predict_subject(loaded: LoadedModel, subject: Subject, out_dir: Path, inputs
     used = modalities.from_indicator(prepared.present.astype(int))
     subsets = non_empty_subsets(used) if all_subsets else [used]
     results = synthesise(loaded.model, prepared, subsets, temperature, samples, slice_batch, precision=precision)
+    record = grid_record(subject)
     written = []
     for result in results:
         folder = out_dir / subject.name / subset_label(result.subset) if all_subsets else out_dir / subject.name
-        written += write_synthesis(folder, modalities, result.mean, result.std, prepared.fov, subject.reference)
+        written += write_synthesis(folder, modalities, result.mean, result.std, prepared.fov, subject.reference,
+                                   record)
     return written
 
 
 def write_synthesis(folder: Path, modalities: Sequence[str], mean: np.ndarray, std: np.ndarray | None,
-                    fov: np.ndarray, grid: Volume) -> list[Path]:
+                    fov: np.ndarray, grid: Volume, record: GridRecord | None = None) -> list[Path]:
     """<modality>.nii.gz (and <modality>_std.nii.gz) in `folder`, from network-scale [M, H', W', S] arrays on
-    the model grid, back on the subject's grid and header, 0 outside the field of view."""
+    the model grid, back on the subject's grid and header (or, with the `record` of `mmhvae prepare`, on its
+    original ones), 0 outside the field of view."""
     fov_on_grid = back_to_grid(fov, grid.shape, fill=False)
     written = []
     for j, key in enumerate(modalities):
-        image = back_to_grid(to_intensities(mean[j], fov), grid.shape, fill=0.0)
-        written.append(write_volume(folder / f"{key}.nii.gz", np.where(fov_on_grid, image, 0.0), grid))
+        image = on_subject_grid(mean[j], fov, grid.shape)
+        written.append(write_on_grid(folder / f"{key}.nii.gz", image, fov_on_grid, grid, record))
         if std is not None:
             spread = back_to_grid(std[j] / 2.0, grid.shape, fill=0.0)  # std on the intensity scale t
-            written.append(write_volume(folder / f"{key}_std.nii.gz", np.where(fov_on_grid, spread, 0.0), grid))
+            written.append(write_on_grid(folder / f"{key}_std.nii.gz", spread, fov_on_grid, grid, record))
     return written
 
 
@@ -109,6 +143,19 @@ def remove_earlier_predictions(folder: Path, written: Sequence[Path], modalities
     return removed
 
 
+def check_outputs(subjects: Sequence[SubjectFiles], modalities: Sequence[str], out: Path, strict: bool,
+                  overwrite: bool) -> None:
+    """Refuse, before any work, a subject with modalities the model lacks (`strict`) or earlier outputs."""
+    for files in subjects:
+        unknown = sorted(set(files.modalities) - set(modalities))
+        if strict and unknown:
+            raise InputError(f"subject '{files.name}' has modalities {unknown} that the model was not trained on "
+                             f"({','.join(modalities)}); drop --strict to ignore them", files.modalities[unknown[0]])
+        existing = out / files.name
+        refuse_to_overwrite(existing, overwrite, exists=existing.is_dir() and any(existing.iterdir()),
+                            problem=f"output for subject '{files.name}' already exists")
+
+
 def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperature: float = DEFAULT_TEMPERATURE,
             samples: int = 1, device: str = "cpu", inputs: str | None = None, overwrite: bool = False,
             resample_to: str | None = None, nan_to_num: bool = False, strict: bool = False,
@@ -129,17 +176,16 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
     out = Path(out)
     wanted = parse_modality_list(inputs) if inputs is not None else None  # '' is refused, not 'every input'
     used = ModalitySet(loaded.modalities).ordered(wanted) if wanted else None
-    for files in subjects:
-        unknown = sorted(set(files.modalities) - set(loaded.modalities))
-        if strict and unknown:
-            raise InputError(f"subject '{files.name}' has modalities {unknown} that the model was not trained on "
-                             f"({','.join(loaded.modalities)}); drop --strict to ignore them",
-                             files.modalities[unknown[0]])
-        existing = out / files.name
-        refuse_to_overwrite(existing, overwrite, exists=existing.is_dir() and any(existing.iterdir()),
-                            problem=f"output for subject '{files.name}' already exists")
-    read_every_subject_first(subjects, lambda files: prepare_for_model(
-        load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num), loaded, used))
+    require_modalities_present(subjects, loaded.modalities, input_dir, "the modalities of the model",
+                               "predict with a model trained on theirs (mmhvae train --modalities {found})")
+    check_outputs(subjects, loaded.modalities, out, strict, overwrite)
+
+    def read_and_check(files):
+        subject = load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num)
+        grid_record(subject)
+        return prepare_for_model(subject, loaded, used)
+
+    read_every_subject_first(subjects, read_and_check)
     written = []
     for files in subjects:
         subject = load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num)

@@ -1,23 +1,27 @@
 """Subject discovery: which files of a data folder are which subject's modalities, labels and targets.
 
 Nothing is read here but file names. Layouts (docs/data.md), a missing file meaning a missing modality:
-- canonical: DATA/<subject>/<modality>.nii.gz, optional seg.nii.gz, tissue.nii.gz and harmonised
-  targets in DATA/<subject>/targets/<modality>.nii.gz;
+- canonical: DATA/<subject>/<modality>.nii.gz, optional seg.nii.gz, tissue.nii.gz, mask.nii.gz (a brain
+  mask) and harmonised targets in DATA/<subject>/targets/<modality>.nii.gz;
 - flat (the authors'): DATA/<subject>-<modality>.nii.gz;
 - BraTS: DATA/<subject>/<subject>-{t1n,t1c,t2w,t2f,seg}.nii.gz.
+A subject folder written by `mmhvae prepare` also holds prepared.json, the way back to its original grid.
+Which modalities a folder holds, and the one clear error when it holds none of those a run expects, are here too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmhvae.errors import InputError
 from mmhvae.io.volumes import nifti_stem
-from mmhvae.modalities import ModalitySet, Subset, canonical_key
+from mmhvae.modalities import ALIASES, CANONICAL_KEYS, ModalitySet, Subset, canonical_key, in_data_order
 
-LABEL_NAMES = ("seg", "tissue")
+LABEL_NAMES = ("seg", "tissue", "mask")
 TARGETS_FOLDER = "targets"
+PREPARED_RECORD = "prepared.json"  # written by `mmhvae prepare`: how to go back to the subject's original grid
 
 
 @dataclass
@@ -30,6 +34,8 @@ class SubjectFiles:
     targets: dict[str, Path] = field(default_factory=dict)
     seg: Path | None = None
     tissue: Path | None = None
+    mask: Path | None = None
+    record: Path | None = None
 
     def present(self, modalities: ModalitySet) -> Subset:
         return modalities.ordered(k for k in self.modalities if k in modalities)
@@ -65,8 +71,11 @@ def _add_file(files: SubjectFiles, kind: str, path: Path) -> None:
     files.modalities[kind] = path
 
 
-def _unknown_name(path: Path) -> InputError:
-    return InputError("unknown modality name in file name (expected e.g. t2.nii.gz or <subject>-t2.nii.gz)", path)
+def _unknown_name(path: Path, name: str | None = None) -> InputError:
+    found = f" '{name}'" if name else ""
+    return InputError(f"unknown modality name{found} in the file name; expected <modality>.nii.gz or "
+                      f"<subject>-<modality>.nii.gz with a modality of {', '.join(CANONICAL_KEYS)} (or an alias: "
+                      f"{', '.join(sorted(ALIASES))}), or seg, tissue, mask", path)
 
 
 def _subject_from_folder(folder: Path) -> SubjectFiles:
@@ -77,16 +86,23 @@ def _subject_from_folder(folder: Path) -> SubjectFiles:
     for path in niftis:
         kind = _classify(nifti_stem(path), folder.name)
         if kind is None:
-            raise _unknown_name(path)
+            raise _unknown_name(path, _unprefixed(nifti_stem(path), folder.name))
         _add_file(files, kind, path)
     targets = folder / TARGETS_FOLDER
     if targets.is_dir():
         for path in _nifti_files(targets):
             key = canonical_key(nifti_stem(path))
             if key is None:
-                raise _unknown_name(path)
+                raise _unknown_name(path, nifti_stem(path))
             files.targets[key] = path
+    if (folder / PREPARED_RECORD).is_file():
+        files.record = folder / PREPARED_RECORD
     return files
+
+
+def _unprefixed(stem: str, subject: str) -> str:
+    """A file stem without its '<subject>-' prefix (BraTS names)."""
+    return stem[len(subject) + 1:] if stem.lower().startswith(subject.lower() + "-") else stem
 
 
 def _subjects_from_flat(folder: Path, niftis: list[Path]) -> list[SubjectFiles]:
@@ -97,7 +113,7 @@ def _subjects_from_flat(folder: Path, niftis: list[Path]) -> list[SubjectFiles]:
         name, sep, suffix = stem.rpartition("-")
         kind = _classify(suffix, None) if sep else None
         if kind is None or not name:
-            raise _unknown_name(path)
+            raise _unknown_name(path, suffix if sep else stem)
         files = subjects.setdefault(name, SubjectFiles(name, "flat"))
         _add_file(files, kind, path)
     return [subjects[name] for name in sorted(subjects)]
@@ -137,3 +153,19 @@ def discover_subjects(root: str | Path) -> list[SubjectFiles]:
     if len(set(names)) != len(names):
         raise InputError("two subjects share one name", root)
     return subjects
+
+
+def modalities_found(subjects: Sequence[SubjectFiles]) -> tuple[str, ...]:
+    """Every modality some subject has, in DATA_ORDER: the modality set of a data folder."""
+    return in_data_order(key for files in subjects for key in files.modalities)
+
+
+def require_modalities_present(subjects: Sequence[SubjectFiles], modalities: Sequence[str], root: str | Path,
+                               expected_from: str, how_to_choose: str) -> None:
+    """The one clear error when no subject of a folder has any of `modalities`: what was found, what was expected
+    (and where that came from, e.g. "the config tiny"), and how to choose others."""
+    if any(key in modalities for files in subjects for key in files.modalities):
+        return
+    found = modalities_found(subjects)
+    raise InputError(f"its subjects have {', '.join(found)} and none of {', '.join(modalities)} ({expected_from}); "
+                     f"{how_to_choose.format(found=','.join(found))}", root)

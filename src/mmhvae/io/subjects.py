@@ -18,7 +18,7 @@ from mmhvae.modalities import ModalitySet, Subset
 
 @dataclass
 class Subject:
-    """A subject's present modalities (arrays with geometry), optional labels and harmonised targets."""
+    """A subject's present modalities (arrays with geometry), optional labels, brain mask and harmonised targets."""
 
     name: str
     volumes: dict[str, Volume]
@@ -26,6 +26,7 @@ class Subject:
     seg: Volume | None = None
     tissue: Volume | None = None
     targets: dict[str, Volume] = field(default_factory=dict)
+    mask: Volume | None = None
 
     @property
     def reference(self) -> Volume:
@@ -71,6 +72,8 @@ def _check_or_resample(subject: Subject, resample_to: str | None) -> None:
         subject.seg = fix(subject.seg, "nearest")
     if subject.tissue is not None:
         subject.tissue = fix(subject.tissue, "nearest")
+    if subject.mask is not None:
+        subject.mask = fix(subject.mask, "nearest")
     if resample_to is not None:
         subject.volumes = {resample_to: subject.volumes[resample_to]} | subject.volumes
 
@@ -115,6 +118,7 @@ def load_subject(
         tissue=read_volume(files.tissue) if files.tissue else None,
         targets={k: read_volume(p, nan_to_num) for k, p in files.targets.items() if k in wanted or modalities is None
                  or k in modalities},
+        mask=read_volume(files.mask) if files.mask else None,
     )
     _check_or_resample(subject, resample_to)
     return subject

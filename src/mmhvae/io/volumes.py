@@ -7,6 +7,7 @@ so affine, qform/sform (and their codes), zooms and units survive bit-exact.
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,16 @@ def write_volume(path: str | Path, array: np.ndarray, like: Volume, dtype=np.flo
     return path
 
 
+def header_to_text(header: nib.Nifti1Header) -> str:
+    """The 348 bytes of a NIfTI-1 header as base64 text (for a JSON record of a grid; extensions are not kept)."""
+    return base64.b64encode(header.binaryblock).decode("ascii")
+
+
+def header_from_text(text: str) -> nib.Nifti1Header:
+    """The header `header_to_text` wrote, bit-exact."""
+    return nib.Nifti1Header(binaryblock=base64.b64decode(text.encode("ascii")), check=False)
+
+
 def new_volume(array: np.ndarray, affine: np.ndarray, zooms_unit: str = "mm") -> Volume:
     """A volume with a fresh header (qform and sform set from the affine, code 1 = scanner)."""
     image = nib.Nifti1Image(np.asarray(array, dtype=np.float32), affine)
@@ -191,12 +202,14 @@ def sitk_from_volume(array: np.ndarray, affine: np.ndarray):
     return image
 
 
-def resample_onto(moving: Volume, reference: Volume, interpolation: str = "linear") -> Volume:
-    """Resample `moving` onto the grid of `reference` (SimpleITK; linear or nearest for labels)."""
+def resample_onto(moving: Volume, reference: Volume, interpolation: str = "linear",
+                  background: float | None = None) -> Volume:
+    """Resample `moving` onto the grid of `reference` (SimpleITK; linear or nearest for labels). Points outside
+    `moving` take `background` (default: its minimum)."""
     import SimpleITK as sitk
 
     method = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}[interpolation]
-    background = float(moving.array.min())
+    background = float(moving.array.min()) if background is None else float(background)
     try:
         out = sitk.Resample(
             sitk_from_volume(moving.array, moving.affine),

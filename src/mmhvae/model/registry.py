@@ -8,9 +8,9 @@ authors' released network, `AuthorsConfig`).
 
 The methods themselves (Section 4.3 baselines, Section 4.4.2 ablations) are listed and described in
 mmhvae/methods.py. Here each becomes a network configuration: the MMHVAE-family methods override fields of an
-MMHVAE configuration (`MMHVAE_METHOD_OVERRIDES`); the zero-imputation generators (MM-GAN, ResViT, M2DN;
-model/baselines/), whose variant is the method's name, derive theirs from it (their `like`) or keep their
-own.
+MMHVAE configuration (`MMHVAE_METHOD_OVERRIDES`; MHVAE keeps two of its modalities); the zero-imputation
+generators (MM-GAN, ResViT, M2DN; model/baselines/), whose variant is the method's name, derive theirs from it
+(their `like`) or keep their own.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from mmhvae.methods import METHODS, MMHVAE_METHOD_OVERRIDES
+from mmhvae.modalities import canonical_key
 from mmhvae.model.authors import VARIANT as AUTHORS_VARIANT
 from mmhvae.model.authors import AuthorsConfig, AuthorsMMHVAE
 from mmhvae.model.baselines.m2dn import M2DN, M2DNConfig
@@ -93,4 +94,10 @@ def network_config_for_method(method: str, config: NetworkConfig) -> NetworkConf
         return zero_imputation_config(method, config)
     if not isinstance(config, MMHVAEConfig):
         raise ValueError(f"method {method!r} needs an MMHVAE model configuration, got variant {config.variant!r}")
-    return dataclasses.replace(config, **MMHVAE_METHOD_OVERRIDES[method])
+    overrides = MMHVAE_METHOD_OVERRIDES[method]
+    keys = {canonical_key(name) for name in config.modalities}
+    lacking = [key for key in overrides.get("modalities", ()) if key not in keys]
+    if lacking:  # a restriction to some modalities, not a change of them (MHVAE: us and t2)
+        raise ValueError(f"method {method!r} handles {', '.join(overrides['modalities'])}; this configuration's "
+                         f"modalities ({', '.join(config.modalities)}) lack {', '.join(lacking)}")
+    return dataclasses.replace(config, **overrides)

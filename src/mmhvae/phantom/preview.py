@@ -9,6 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from mmhvae.errors import InputError
+from mmhvae.io.layouts import discover_subjects
 from mmhvae.io.volumes import read_volume
 from mmhvae.modalities import CANONICAL_KEYS
 
@@ -22,20 +23,21 @@ def write_preview(subject_dir: Path, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     subject_dir, png = Path(subject_dir), Path(png)
-    keys = [k for k in CANONICAL_KEYS if (subject_dir / f"{k}.nii.gz").is_file()]
+    (files,) = discover_subjects(subject_dir)  # the canonical or the BraTS layout
+    keys = [k for k in CANONICAL_KEYS if k in files.modalities]
     if not keys:
         raise InputError("no modality image to preview", subject_dir)
-    inputs = {k: read_volume(subject_dir / f"{k}.nii.gz").array for k in keys}
-    targets = {k: read_volume(subject_dir / "targets" / f"{k}.nii.gz").array for k in keys
-               if (subject_dir / "targets" / f"{k}.nii.gz").is_file()}
-    seg = read_volume(subject_dir / "seg.nii.gz").array if (subject_dir / "seg.nii.gz").is_file() else None
+    inputs = {k: read_volume(files.modalities[k]).array for k in keys}
+    targets = {k: read_volume(files.targets[k]).array for k in keys if k in files.targets}
+    seg = read_volume(files.seg).array if files.seg is not None else None
     fov = np.any([image != 0 for image in inputs.values()], axis=0)
     fov = np.stack([ndimage.binary_fill_holes(fov[..., k]) for k in range(fov.shape[2])], axis=2)
     k = int(np.argmax((seg > 0).sum(axis=(0, 1)))) if seg is not None and seg.any() else fov.shape[2] // 2
 
-    fig, axes = plt.subplots(2, len(keys), figsize=(2.3 * len(keys), 4.8), squeeze=False)
+    rows = (inputs, targets) if targets else (inputs,)  # BraTS has no harmonised targets
+    fig, axes = plt.subplots(len(rows), len(keys), figsize=(2.3 * len(keys), 2.4 * len(rows)), squeeze=False)
     for column, key in enumerate(keys):
-        for row, images in enumerate((inputs, targets)):
+        for row, images in enumerate(rows):
             axis = axes[row, column]
             axis.set_axis_off()
             if key not in images:
@@ -48,7 +50,7 @@ def write_preview(subject_dir: Path, png: Path) -> None:
             if seg is not None and seg[:, :, k].any():
                 axis.contour(seg[:, :, k].T > 0, levels=[0.5], colors="red", linewidths=0.6)
             axis.set_title(f"{key}{' target' if row else ''}", fontsize=8)
-    fig.suptitle(f"{subject_dir.name}, sweep slice {k}", fontsize=9)
+    fig.suptitle(f"{subject_dir.name}, {'axial' if files.layout == 'brats' else 'sweep'} slice {k}", fontsize=9)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=80)

@@ -22,9 +22,10 @@ class ZeroImputationGANModule(MMHVAEModule):
     update, memory of real images, EMA, checkpoints, exact resume, logging and validation. Only the network,
     the generator's optimiser and the generator step differ.
 
-    One step: T = train.passes draws of a random non-empty subset of the batch's observed modalities (MM-GAN's
-    random input dropping, uniform over the subsets; T draws so that every method sees as many (slice, input
-    subset) pairs per step), zeros for the dropped modalities; loss (1 - w) L1 + w LSGAN with w =
+    One step: T = train.passes input subsets of the batch's observed modalities (T draws so that every method
+    sees as many (slice, input subset) pairs per step), drawn from MMHVAE's p_alpha(r' | r) (Section 4.3: the
+    same sample selection for all methods), or with `train.subset_sampling: own` uniformly over the non-empty
+    subsets (MM-GAN's random input dropping); zeros for the dropped modalities; loss (1 - w) L1 + w LSGAN with w =
     train.gan_weight (MM-GAN: lambda = 0.9 on L1, 0.1 adversarial; ResViT: 100 on L1, 1 adversarial; both
     from the first step), the L1 averaged over every observed modality (synthesised and reconstructed, as
     ResViT's unified model), the adversarial term over all modalities. Then the critics' update of Algorithm 1
@@ -50,7 +51,10 @@ class ZeroImputationGANModule(MMHVAEModule):
         return [generator, critic], [{"scheduler": cosine, "interval": "step"}]
 
     def sample_input_subsets(self, observed: Subset, passes: int) -> list[Subset]:
-        """T input subsets, each uniform over the non-empty subsets of the batch's observed modalities."""
+        """T input subsets: MMHVAE's draws from p_alpha (`train.subset_sampling: mixture`), or each uniform
+        over the non-empty subsets of the batch's observed modalities (`own`)."""
+        if self.run_config.train.subset_sampling == "mixture":
+            return super().sample_input_subsets(observed, passes)
         codes = self.rng.integers(1, 2 ** len(observed), size=passes)
         return [subset_from_code(observed, code) for code in codes.tolist()]
 
@@ -67,8 +71,8 @@ class ZeroImputationGANModule(MMHVAEModule):
 
 
 class M2DNModule(ZeroImputationGANModule):
-    """M2DN (model/m2dn.py) trained with the same machinery: T = train.passes random non-empty subsets of the
-    batch's observed modalities per step, as for MM-GAN; for each (slice, subset) one denoising task at a random
+    """M2DN (model/m2dn.py) trained with the same machinery: T = train.passes input subsets of the batch's
+    observed modalities per step, drawn as for MM-GAN; for each (slice, subset) one denoising task at a random
     step of the Brownian bridge, scored by the L1 between the predicted and the harmonised images of the
     observed modalities. No adversarial term (its recipe sets train.gan_weight 0, so the critics rest)."""
 

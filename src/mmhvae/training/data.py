@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mmhvae.errors import InputError
 from mmhvae.io.layouts import SubjectFiles
 from mmhvae.preprocessing.prepare import Pattern, PreparedSubject, PreprocessConfig, load_prepared
-from mmhvae.training.folds import cross_validation_split
+from mmhvae.training.folds import complete_subjects, cross_validation_split
 
 
 class SliceDataModule(pl.LightningDataModule):
@@ -29,21 +29,27 @@ class SliceDataModule(pl.LightningDataModule):
     def __init__(self, data: str | Path, config: PreprocessConfig, batch_size: int = 16,
                  batches_per_epoch: int = 100, folds: int | None = None, test_fold: int = 0,
                  val_subjects: Sequence[str] = (), seed: int = 0, cache_dir: str | Path | None = None,
-                 num_workers: int = 0):
+                 num_workers: int = 0, complete_subjects_only: bool = False, split_seed: int | None = None):
         super().__init__()
         self.data, self.config = Path(data), config
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.folds, self.test_fold, self.val_names = folds, test_fold, set(val_subjects)
+        self.complete_subjects_only = complete_subjects_only
+        # `seed` draws the batches; `split_seed` (default `seed`) dealt the folds (TrainConfig.fold_seed).
         self.seed, self.num_workers = seed, num_workers
+        self.split_seed = seed if split_seed is None else split_seed
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.train_set: SliceDataset | None = None
         self.val_set: SliceDataset | None = None
         self.test_files: list[SubjectFiles] = []
 
     def split(self) -> tuple[list[SubjectFiles], list[SubjectFiles], list[SubjectFiles]]:
-        """(train, validation, test) subject files: test = one stratified fold when `folds` is set."""
+        """(train, validation, test) subject files: test = one stratified fold when `folds` is set; train and
+        validation only subjects with every modality when `complete_subjects_only`."""
         candidates, test = cross_validation_split(self.data, self.config.modality_set, self.folds, self.test_fold,
-                                                  self.seed)
+                                                  self.split_seed)
+        if self.complete_subjects_only:
+            candidates = complete_subjects(candidates, self.config.modality_set)
         train = [s for s in candidates if s.name not in self.val_names]
         val = [s for s in candidates if s.name in self.val_names]
         return train, val, test

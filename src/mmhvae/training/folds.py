@@ -71,8 +71,22 @@ def cross_validation_split(data: str | Path, modalities: ModalitySet, folds: int
 
 
 def fold_subjects(data: Path, run: RunConfig) -> tuple[list[SubjectFiles], list[SubjectFiles]]:
-    """(training candidates, test subjects) of a run: the test fold is left out when `train.folds` is set."""
-    return cross_validation_split(data, run.data.modality_set, run.train.folds, run.train.test_fold, run.train.seed)
+    """(training candidates, test subjects) of a run: the test fold is left out when `train.folds` is set,
+    and subjects missing a modality with `train.complete_subjects_only`."""
+    candidates, test = cross_validation_split(data, run.data.modality_set, run.train.folds, run.train.test_fold,
+                                              run.train.split_seed)
+    if run.train.complete_subjects_only:
+        candidates = complete_subjects(candidates, run.data.modality_set)
+        if not candidates:
+            raise InputError(f"no training subject has every modality of the run ({', '.join(run.data.modalities)}), "
+                             "which train.complete_subjects_only asks for", data)
+    return candidates, test
+
+
+def complete_subjects(subjects: Sequence[SubjectFiles], modalities: ModalitySet) -> list[SubjectFiles]:
+    """The subjects that have every modality of `modalities` (after the folds are dealt, so that the test fold
+    does not depend on it)."""
+    return [s for s in subjects if len(s.present(modalities)) == len(modalities)]
 
 
 def validation_subjects(data: Path, run: RunConfig) -> list[str]:
@@ -81,5 +95,5 @@ def validation_subjects(data: Path, run: RunConfig) -> list[str]:
     if run.train.val_fraction <= 0 or len(subjects) < 5:
         return []
     folds = min(len(subjects), max(2, round(1 / run.train.val_fraction)))
-    fold_of = stratified_folds([s.indicator(run.data.modality_set) for s in subjects], folds, run.train.seed)
+    fold_of = stratified_folds([s.indicator(run.data.modality_set) for s in subjects], folds, run.train.split_seed)
     return [s.name for s, f in zip(subjects, fold_of) if f == 0]

@@ -128,7 +128,8 @@ class MMHVAEModule(pl.LightningModule):
         return torch.tensor([self.modalities.indicator(d) for d in draws], dtype=torch.bool, device=present.device)
 
     def sample_input_subsets(self, observed: Subset, passes: int) -> list[Subset]:
-        """T draws r' ~ p_alpha(. | r) of the mixture (Eq. 7-8)."""
+        """T draws r' ~ p_alpha(. | r) of the mixture (Eq. 7-8): the MMHVAE family's own scheme, and every
+        method's with `train.subset_sampling: mixture`."""
         return self.subset_sampler.sample(observed, self.rng, size=passes)
 
     def decode_passes(self, batch: dict[str, Tensor], subsets: Tensor, **decode_options: Any) -> tuple[Any, Tensor]:
@@ -150,7 +151,7 @@ class MMHVAEModule(pl.LightningModule):
                                           generator=self.latent_generator(batch["inputs"].device))
         losses = mmhvae_losses(output.images, batch["targets"][rows], batch["present"].bool()[rows],
                                output.kl_total, self.image_loss_weights, train.image_loss,
-                               kl_weight(self.global_step, train))
+                               kl_weight(self.global_step, train), train.kl_normalisation)
         weight = gan_weight(self.global_step, train)
         if weight > 0:
             losses = with_adversarial_term(losses, self.critic_scores(output.images), train.gan_loss, weight)
@@ -245,14 +246,19 @@ class MMHVAEModule(pl.LightningModule):
     # ----- validation: EMA model, temperature 0.5, all observed inputs and each single input -------------
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """val_psnr_all and val_psnr_single, and val_loss (early stopping's criterion, the same for every
+        method): the mean squared error over the observed images on the network's scale, averaged over the
+        predictions from all observed inputs and from the first one alone."""
         inputs, targets, present = batch["inputs"], batch["targets"], batch["present"].bool()
         features = self.ema.encode(inputs, present)
+        errors = []
         for name, subset in (("all", present), ("single", first_present_only(present))):
             output = self.ema.decode(features, subset, temperature=0.5)
-            mse = ((output.images - targets) ** 2).flatten(2).mean(2)
-            mse = mse[present].clamp_min(1e-10)
-            psnr = (10 * torch.log10(4.0 / mse)).mean()  # data range 2 on the network's scale
+            mse = ((output.images - targets) ** 2).flatten(2).mean(2)[present]
+            psnr = (10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean()  # data range 2 on the network's scale
             self.log(f"val_psnr_{name}", psnr, batch_size=inputs.shape[0], prog_bar=(name == "all"))
+            errors.append(mse.mean())
+        self.log("val_loss", torch.stack(errors).mean(), batch_size=inputs.shape[0])
 
     # ----- exact resume: everything not in the modules' state ---------------------------------------------
 

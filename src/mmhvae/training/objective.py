@@ -50,21 +50,32 @@ def mean_over_observed(errors: Tensor, observed: Tensor) -> Tensor:
 
 
 def mmhvae_losses(images: Tensor, targets: Tensor, observed: Tensor, kl_total: Tensor, modality_weights: Tensor,
-                  image_loss: str, kl_factor: float) -> dict[str, Tensor]:
+                  image_loss: str, kl_factor: float, kl_normalisation: str) -> dict[str, Tensor]:
     """The objective of Eq. 19, averaged over the batch and the T draws: {"image", "kl", "kl_weight", "total"}.
 
     images, targets [R, M, H, W]; observed [R, M]; kl_total [R], the KL of each row summed over latent levels.
-    The image term sums, over the modalities observed in r (Eq. 9: the reconstructed ones of r' and the
-    synthesised ones of r minus r'), each modality's per-pixel mean error. The KL is divided by H x W x M, nats
-    per image pixel, as the authors normalise. `kl_factor` is the warmed-up weight of `kl_weight`.
+    Eq. 19 divided by the H x W pixels of an image: the image term sums, over the modalities observed in r
+    (Eq. 9: the reconstructed ones of r' and the synthesised ones of r minus r'), each modality's per-pixel
+    mean error, and the KL is divided by H x W (`kl_normalisation` "image_pixels"); "modality_pixels" divides
+    it by H x W x M instead, as runs saved before the choice existed did (an effective KL weight M times
+    smaller). `kl_factor` is the warmed-up weight lambda_KL of `kl_weight`.
     """
     errors = weighted_image_error(images, targets, image_loss, modality_weights)
     image = (errors * observed).sum(dim=1).mean()
-    pixels = images.shape[-1] * images.shape[-2] * images.shape[1]
-    kl = kl_total.mean() / pixels
+    kl = kl_total.mean() / kl_pixels(images.shape, kl_normalisation)
     losses = {"image": image, "kl": kl, "kl_weight": torch.tensor(kl_factor)}
     losses["total"] = image + losses["kl_weight"] * kl
     return losses
+
+
+def kl_pixels(shape: Sequence[int], kl_normalisation: str) -> int:
+    """What the KL of a row of images [.., M, H, W] is divided by (train.kl_normalisation)."""
+    pixels = shape[-1] * shape[-2]
+    if kl_normalisation == "image_pixels":
+        return pixels
+    if kl_normalisation == "modality_pixels":
+        return pixels * shape[-3]
+    raise ValueError(f"unknown kl_normalisation {kl_normalisation!r} (image_pixels or modality_pixels)")
 
 
 def adversarial_term(fake_scores: Sequence[Tensor], kind: str) -> Tensor:

@@ -1,8 +1,8 @@
 """The `mmhvae train` job: a run folder (config.yaml, logs/session-<n>/, checkpoints/, model.pt) trained with
 Lightning, started fresh, resumed exactly after an interruption, or started from another model's weights.
 
-`train(..., method=...)` (`mmhvae train --method`, methods.py) picks the Lightning module: mopoe, average and
-concat-zeros are MMHVAE configurations trained by `MMHVAEModule`'s step of Algorithm 1 (module.py); the
+`train(..., method=...)` (`mmhvae train --method`, methods.py) picks the Lightning module: mopoe, average,
+concat-zeros and mhvae are MMHVAE configurations trained by `MMHVAEModule`'s step of Algorithm 1 (module.py); the
 zero-imputation generators (mmgan, resvit) have their own generator step in `ZeroImputationGANModule`, and the
 diffusion baseline m2dn its denoising step in `M2DNModule` (baseline_modules.py); all share everything else
 (data, critics, memory, EMA, checkpoints, resume, logging).
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,21 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
 
-from mmhvae.config import RunConfig, load_config, save_config, with_method
+from mmhvae.config import (
+    RunConfig,
+    from_mapping,
+    load_config,
+    names_modalities,
+    read_yaml,
+    save_config,
+    with_method,
+    with_modalities,
+)
 from mmhvae.errors import InputError
 from mmhvae.io.files import atomic_path
+from mmhvae.io.layouts import discover_subjects, modalities_found, require_modalities_present
+from mmhvae.methods import MMHVAE_METHOD_OVERRIDES
+from mmhvae.modalities import parse_modality_list
 from mmhvae.model.registry import ZERO_IMPUTATION_NETWORKS
 from mmhvae.model_file import save_model_file, weights_checksum
 from mmhvae.training.baseline_modules import M2DNModule, ZeroImputationGANModule
@@ -38,9 +51,16 @@ from mmhvae.training.data import SliceDataModule
 from mmhvae.training.folds import validation_subjects
 from mmhvae.training.initialisation import initialise_from, initialise_from_vit
 from mmhvae.training.module import MMHVAEModule
+from mmhvae.training.stopping import early_stopping_callbacks, stop_reason
 
 MODEL_FILE = "model.pt"
 LAST_CHECKPOINT = "last.ckpt"
+
+# What a run trained with before these train fields existed: a run folder whose config.yaml lacks one resumes
+# as it started (the KL divided by H x W x M; MM-GAN, ResViT and M2DN drawing their input subsets uniformly).
+BEFORE_THE_FIELD_EXISTED = {"kl_normalisation": "modality_pixels", "subset_sampling": "own"}
+
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -68,7 +88,8 @@ def build_trainer(out: Path, run: RunConfig, devices: int = 1, nodes: int = 1, a
     """The Lightning trainer; each call of `train` on a run folder logs to logs/session-<n>/metrics.csv.
 
     `validates` False (no validation subjects) turns validation off, which Lightning would otherwise run on an
-    empty loader with a warning that means nothing to the user.
+    empty loader with a warning that means nothing to the user. With `train.early_stopping_patience`, training
+    stops early on the validation loss (stopping.py).
     """
     train = run.train
     use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
@@ -78,6 +99,7 @@ def build_trainer(out: Path, run: RunConfig, devices: int = 1, nodes: int = 1, a
         strategy = DDPStrategy(find_unused_parameters=True, process_group_backend=None if use_gpu else "gloo")
     checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                                   every_n_epochs=1, save_on_train_epoch_end=True, save_top_k=1, save_last=True)
+    stopping = early_stopping_callbacks(train, validates)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(is_not_a_lightning_tip)
     return pl.Trainer(
         default_root_dir=out,
@@ -93,7 +115,7 @@ def build_trainer(out: Path, run: RunConfig, devices: int = 1, nodes: int = 1, a
         check_val_every_n_epoch=None,
         limit_val_batches=8 if validates else 0,
         num_sanity_val_steps=0,
-        callbacks=[checkpoints],
+        callbacks=[checkpoints, *stopping],
         plugins=[AtomicCheckpointIO()],
         logger=CSVLogger(out, name="logs", version=f"session-{session}"),
         log_every_n_steps=train.log_every,
@@ -116,8 +138,11 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
           max_minutes: float | None = None, devices: int = 1, nodes: int = 1, resume: bool = False,
           accelerator: str = "auto", progress: bool = True, overrides: dict[str, Any] | None = None,
           stop_at_step: int | None = None, init_from: str | Path | None = None, method: str | None = None,
-          vit_weights: str | Path | None = None) -> Path:
+          vit_weights: str | Path | None = None, modalities: str | Sequence[str] | None = None) -> Path:
     """Train on a data folder; write the run folder (config, logs, checkpoints, model file). Returns the model.
+
+    `modalities` (`mmhvae train --modalities`) are those the network is built for; without them, those the
+    config names, else those found in the data (`modalities_to_train`).
 
     `method` (methods.py METHODS; default: the config's train.method, "mmhvae") picks MMHVAE or a
     baseline; it is recorded in the run's config.yaml (train.method) and the model file's meta. A resumed run
@@ -135,6 +160,8 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
     last = out / "checkpoints" / LAST_CHECKPOINT
     replica = is_launched_replica()
     run = run_config_to_train(out, config, resume, method, init_from, vit_weights, replica)
+    run = modalities_to_train(run, data, config, modalities, resume)
+    run = with_method(run, run.train.method)  # a method made for some modalities only (mhvae) keeps to them
     changes = {k: v for k, v in {"max_steps": max_steps, "max_minutes": max_minutes, **(overrides or {})}.items()
                if v is not None}
     run = RunConfig(run.model, run.data, replace(run.train, **changes))
@@ -159,6 +186,36 @@ def train(data: str | Path, out: str | Path, config: str | Path = "tiny", max_st
     return model_path
 
 
+def modalities_to_train(run: RunConfig, data: Path, config: str | Path, modalities: str | Sequence[str] | None,
+                        resume: bool) -> RunConfig:
+    """The modality set of a fresh run: `modalities`, else those its config names, else those found in the data
+    (said on the command line), with the one clear error when the data has none of them. A resumed run keeps
+    its own."""
+    if resume:
+        if modalities is not None and parse_modality_list(modalities) != tuple(run.model.modalities):
+            raise InputError(f"--modalities: this run trains {','.join(run.model.modalities)}", data)
+        return run
+    subjects = discover_subjects(data)
+    own = MMHVAE_METHOD_OVERRIDES.get(run.train.method, {}).get("modalities")  # a method with its own (mhvae)
+    if own is not None:
+        keys, origin = tuple(own), f"those of --method {run.train.method}"
+        if modalities is not None and parse_modality_list(modalities) != keys:
+            raise InputError(f"--modalities: --method {run.train.method} trains {','.join(keys)} only", data)
+    elif modalities is not None:
+        keys, origin = parse_modality_list(modalities), "from --modalities"
+    elif names_modalities(config):
+        keys, origin = tuple(run.model.modalities), f"named by the config {config}"
+    else:
+        keys, origin = modalities_found(subjects), "found in the data"
+        log.info(f"modalities: {','.join(keys)} (found in {data}; choose others with --modalities)")
+    require_modalities_present(subjects, keys, data, origin, "train on theirs with --modalities {found}")
+    chosen = with_modalities(run, keys)
+    if chosen.train.mixture != run.train.mixture:
+        log.info(f"mixture: {chosen.train.mixture} (the paper's p_alpha anchors one branch on an ultrasound, which "
+                 f"{','.join(keys)} lacks)")
+    return chosen
+
+
 def is_launched_replica() -> bool:
     """Whether this process is one Lightning's DDP launcher started (LOCAL_RANK or NODE_RANK > 0): it re-runs
     the command with the same settings and must neither refuse rank 0's fresh run folder nor rewrite its config."""
@@ -172,7 +229,7 @@ def run_config_to_train(out: Path, config: str | Path, resume: bool, method: str
     for starting weights its checkpoint already holds."""
     last = out / "checkpoints" / LAST_CHECKPOINT
     if replica:
-        run = load_config(out / "config.yaml" if resume else config)
+        run = saved_run_config(out) if resume else load_config(config)
     elif resume:
         run = run_config_to_resume(out, last)
     else:
@@ -193,11 +250,28 @@ def run_config_to_resume(out: Path, last: Path) -> RunConfig:
     """The configuration saved in a run folder; a run stopped before its first checkpoint starts again."""
     if not (out / "config.yaml").is_file():
         raise InputError("--resume: no config.yaml in this run folder (nothing to resume)", out)
-    run = load_config(out / "config.yaml")
+    run = saved_run_config(out)
     if not last.is_file():
         warnings.warn(f"{out}: stopped before its first checkpoint; starting the run again from step 0",
                       stacklevel=4)
     return run
+
+
+def saved_run_config(out: Path) -> RunConfig:
+    """The configuration a run folder saved (config.yaml), read to resume it: a train field it lacks, written
+    before the field existed, takes the value the run started with (`BEFORE_THE_FIELD_EXISTED`), not today's
+    default, so that the run continues as it started."""
+    path = out / "config.yaml"
+    values = read_yaml(path.read_text(), str(path))
+    train = values.get("train") if isinstance(values, dict) else None
+    if isinstance(train, dict):
+        missing = {k: v for k, v in BEFORE_THE_FIELD_EXISTED.items() if k not in train}
+        if missing:
+            settings = ", ".join(f"{k}: {v}" for k, v in missing.items())
+            log.info(f"{path}: saved before train.{' and train.'.join(missing)} existed; resuming with {settings}, "
+                     "as it started")
+        values = {**values, "train": {**train, **missing}}
+    return from_mapping(values, str(path), RunConfig())
 
 
 def data_module_for(data: Path, out: Path, run: RunConfig, val_subjects: list[str]) -> SliceDataModule:
@@ -207,7 +281,9 @@ def data_module_for(data: Path, out: Path, run: RunConfig, val_subjects: list[st
                            batches_per_epoch=run.train.checkpoint_every,
                            folds=run.train.folds, test_fold=run.train.test_fold,
                            val_subjects=val_subjects, seed=run.train.seed,
-                           cache_dir=out / "cache", num_workers=run.train.num_workers)
+                           split_seed=run.train.split_seed,
+                           cache_dir=out / "cache", num_workers=run.train.num_workers,
+                           complete_subjects_only=run.train.complete_subjects_only)
 
 
 def initialise(module: MMHVAEModule, init_from: str | Path | None, vit_weights: str | Path | None,
@@ -230,6 +306,7 @@ def write_model_file(path: Path, trainer: pl.Trainer, module: MMHVAEModule, run:
         "skipped_updates": module.nonfinite_total, "data": str(data), "config": run.to_dict(),
         "world_size": int(trainer.world_size), "replicas_in_sync": in_sync, "init_from": module.initialised_from,
         "vit_weights": module.vit_weights_from, "method": run.train.method,
+        "stop_reason": stop_reason(trainer, run.train),
     })
 
 

@@ -201,3 +201,22 @@ def test_bad_input_is_an_input_error(cohort, tmp_path):
     (only_mr / "t2.nii.gz").write_bytes((subject / "t2.nii.gz").read_bytes())
     with pytest.raises(InputError, match="no subject has both an ultrasound"):
         registration_experiment([DEMO_MODEL], only_mr.parent, tmp_path / "y", displacements_per_range=1)
+
+
+def test_table_iii_tests_over_subjects_not_trials():
+    from mmhvae.experiments.downstream.registration import significantly_best, summarise
+
+    def rows(subjects: int, trials: int) -> list[dict]:
+        out = []
+        for s in range(subjects):
+            for t in range(trials):
+                for method, tre in (("acquired US", 5.0 + s + 0.01 * t), ("synthetic", 4.0 + s + 0.01 * t)):
+                    out.append({"subject": f"s{s}", "sequence": "t2", "range_mm": "0-4", "displacement": t,
+                                "method": method, "tre_mean_mm": tre, "failed": 0})
+        return out
+
+    # 3 subjects x 20 trials: 60 one-sided pairs, but the smallest p over 3 subjects is 0.25
+    assert significantly_best(rows(3, 20), "t2", "0-4", ["acquired US", "synthetic"]) is None
+    assert significantly_best(rows(10, 2), "t2", "0-4", ["acquired US", "synthetic"]) == "synthetic"
+    (direct,) = [s for s in summarise(rows(3, 20)) if s["method"] == "acquired US"]
+    assert (direct["trials"], direct["subjects"]) == (60, 3)

@@ -30,7 +30,7 @@ import numpy as np
 
 from mmhvae.errors import InputError, refuse_to_overwrite
 from mmhvae.evaluation.scoring import method_names
-from mmhvae.evaluation.statistics import paired_p_value, significantly_lowest
+from mmhvae.evaluation.statistics import corrected, paired_p_value, sample_sd, significantly_lowest
 from mmhvae.evaluation.tables import markdown_lines, table_row
 from mmhvae.experiments.downstream.rigid import (
     METRICS,
@@ -61,7 +61,8 @@ INITIAL_METHOD = "initial"  # the displacement before registration
 SIGNIFICANCE_LEVEL = 0.05  # Table III: paired Wilcoxon signed-rank test, p < 0.05
 CSV_FIELDS = ("subject", "sequence", "range_mm", "displacement", "method", "metric", "initial_median_mm",
               "tre_mean_mm", "tre_median_mm", "tre_max_mm", "failed", "seconds")
-SUMMARY_FIELDS = ("sequence", "range_mm", "method", "trials", "tre_mean_mm", "tre_sd_mm", "failed", "p_vs_direct")
+SUMMARY_FIELDS = ("sequence", "range_mm", "method", "trials", "subjects", "tre_mean_mm", "tre_sd_mm", "failed",
+                  "p_vs_direct")
 
 log = logging.getLogger(__name__)
 
@@ -168,44 +169,61 @@ def register_subject(subject: Subject, synthetic: dict[str, dict[str, np.ndarray
     return rows
 
 
+def subject_errors(rows: Sequence[dict], sequence: str, range_mm: str, methods: Sequence[str]
+                   ) -> dict[str, dict[str, float]]:
+    """Per method, each subject's mean over its trials (displacements) of the per-trial mean TRE, for one
+    sequence and range: the trials of a subject share its images, so the subject is the unit of the tests."""
+    trials: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row["sequence"] == sequence and row["range_mm"] == range_mm and row["method"] in methods:
+            trials[row["method"]][str(row["subject"])].append(float(row["tre_mean_mm"]))
+    return {method: {s: float(np.mean(v)) for s, v in by_subject.items()} for method, by_subject in trials.items()}
+
+
 def summarise(rows: Sequence[dict]) -> list[dict]:
-    """Per (sequence, range, method): mean and sd over trials of the per-trial mean TRE, failures, and the paired
-    Wilcoxon p-value against direct registration to the acquired ultrasound (same trials)."""
-    trials: dict[tuple, dict[tuple, float]] = defaultdict(dict)
+    """Per (sequence, range, method): trials, subjects, mean and sd over subjects of each subject's mean TRE,
+    failures, and the paired Wilcoxon p-value over subjects against direct registration to the acquired
+    ultrasound, Holm-corrected over the synthesis methods of that sequence and range."""
     failures: dict[tuple, int] = defaultdict(int)
+    trials: dict[tuple, int] = defaultdict(int)
     for row in rows:
         key = (row["sequence"], row["range_mm"], row["method"])
-        trials[key][(row["subject"], row["displacement"])] = float(row["tre_mean_mm"])
         failures[key] += int(row["failed"])
+        trials[key] += 1
     summary = []
-    for (sequence, range_mm, method), values in trials.items():
-        direct = trials.get((sequence, range_mm, DIRECT_METHOD), {})
-        units = sorted(values)
-        p_value = float("nan")
-        if method not in (DIRECT_METHOD, INITIAL_METHOD) and direct:
-            p_value = paired_p_value([values[u] for u in units], [direct[u] for u in units])
-        tre = np.array([values[u] for u in units])
-        summary.append({"sequence": sequence, "range_mm": range_mm, "method": method, "trials": len(units),
-                        "tre_mean_mm": float(tre.mean()), "tre_sd_mm": float(tre.std()),
-                        "failed": failures[(sequence, range_mm, method)], "p_vs_direct": p_value})
+    for sequence, range_mm in dict.fromkeys((k[0], k[1]) for k in trials):
+        methods = [k[2] for k in trials if k[:2] == (sequence, range_mm)]
+        errors = subject_errors(rows, sequence, range_mm, methods)
+        direct = errors.get(DIRECT_METHOD, {})
+        compared = [m for m in methods if m not in (DIRECT_METHOD, INITIAL_METHOD) and direct]
+        p_raw = [paired_p_value(*paired(errors[m], direct)) for m in compared]
+        p_values = dict(zip(compared, corrected(p_raw) if p_raw else []))
+        for method in methods:
+            tre = np.array(list(errors[method].values()))
+            summary.append({"sequence": sequence, "range_mm": range_mm, "method": method,
+                            "trials": trials[(sequence, range_mm, method)], "subjects": tre.size,
+                            "tre_mean_mm": float(tre.mean()), "tre_sd_mm": sample_sd(tre),
+                            "failed": failures[(sequence, range_mm, method)],
+                            "p_vs_direct": p_values.get(method, float("nan"))})
     return summary
 
 
-def trial_errors(rows: Sequence[dict], sequence: str, range_mm: str, methods: Sequence[str]
-                 ) -> dict[str, dict[tuple, float]]:
-    """Per method, the mean TRE of each trial (subject, displacement) of one sequence and range."""
-    trials: dict[str, dict[tuple, float]] = defaultdict(dict)
-    for row in rows:
-        if row["sequence"] == sequence and row["range_mm"] == range_mm and row["method"] in methods:
-            trials[row["method"]][(row["subject"], row["displacement"])] = float(row["tre_mean_mm"])
-    return trials
+def paired(first: dict[str, float], second: dict[str, float]) -> tuple[list[float], list[float]]:
+    """The values of the subjects both have, in the same order."""
+    subjects = sorted(set(first) & set(second))
+    return [first[s] for s in subjects], [second[s] for s in subjects]
 
 
 def significantly_best(rows: Sequence[dict], sequence: str, range_mm: str, methods: Sequence[str],
                        alpha: float = SIGNIFICANCE_LEVEL) -> str | None:
-    """The registration method with the lowest mean TRE if a paired Wilcoxon test puts it below every other
-    method at p < alpha (Table III's bold), else None."""
-    return significantly_lowest(trial_errors(rows, sequence, range_mm, methods), alpha)
+    """The registration method with the lowest mean TRE if paired Wilcoxon tests over subjects, Holm-corrected,
+    put it below every other method at p < alpha (Table III's bold), else None."""
+    return significantly_lowest(subject_errors(rows, sequence, range_mm, methods), alpha)
+
+
+def mean_sd_text(mean: float, sd: float) -> str:
+    """'mean (sd)' in mm; '-' for the sd of a single subject."""
+    return f"{mean:.1f} ({'-' if np.isnan(sd) else f'{sd:.1f}'})"
 
 
 def markdown_table(rows: Sequence[dict], methods: Sequence[str], sequences: Sequence[str],
@@ -217,9 +235,10 @@ def markdown_table(rows: Sequence[dict], methods: Sequence[str], sequences: Sequ
     subjects = len({r["subject"] for r in rows})
     lines = ["# MR-ultrasound rigid registration (Table III)", "",
              f"Target registration error (mm) over the ultrasound field-of-view voxels: mean (sd) over {subjects} "
-             "subject(s) x displacements of each trial's mean TRE; columns are ranges of the median initial "
-             f"displacement. Bold: lower than every other method, paired Wilcoxon signed-rank p < "
-             f"{SIGNIFICANCE_LEVEL:g}. `{INITIAL_METHOD}`: before registration; `{DIRECT_METHOD}`: the MR registered "
+             "subject(s) of each subject's mean, over its displacements, of a trial's mean TRE; columns are ranges "
+             "of the median initial displacement. Bold: lower than every other method, two-sided paired Wilcoxon "
+             f"signed-rank tests over subjects, Holm-corrected, p < {SIGNIFICANCE_LEVEL:g}. `{INITIAL_METHOD}`: "
+             f"before registration; `{DIRECT_METHOD}`: the MR registered "
              "to the acquired ultrasound; other rows: to the sequence synthesised from the ultrasound by that model.",
              ""] + ([how, ""] if how else [])
     registration_methods = [DIRECT_METHOD, *methods]
@@ -232,7 +251,7 @@ def markdown_table(rows: Sequence[dict], methods: Sequence[str], sequences: Sequ
             cells = []
             for label in labels:
                 entry = summary.get((sequence, label, method))
-                text = "-" if entry is None else f"{entry['tre_mean_mm']:.1f} ({entry['tre_sd_mm']:.1f})"
+                text = "-" if entry is None else mean_sd_text(entry["tre_mean_mm"], entry["tre_sd_mm"])
                 if entry is not None and entry["failed"]:
                     text += f" [{entry['failed']} failed]"
                 cells.append(f"**{text}**" if best[label] == method else text)
@@ -241,8 +260,8 @@ def markdown_table(rows: Sequence[dict], methods: Sequence[str], sequences: Sequ
             p_values = [[method] + [f"{summary[(sequence, label, method)]['p_vs_direct']:.2g}"
                                     if (sequence, label, method) in summary else "-" for label in labels]
                         for method in methods]
-            lines += ["", f"Wilcoxon p vs {DIRECT_METHOD} ({sequence}):", ""] + markdown_lines(["method", *labels],
-                                                                                              p_values)
+            lines += ["", f"Wilcoxon p over subjects vs {DIRECT_METHOD}, Holm-corrected ({sequence}):", ""]
+            lines += markdown_lines(["method", *labels], p_values)
         lines.append("")
     return "\n".join(lines)
 

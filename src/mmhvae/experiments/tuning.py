@@ -1,0 +1,107 @@
+"""Equal treatment of every method in a study: a learning rate chosen per method on the validation split, and
+the evidence that each model was trained to convergence (its validation-loss curve and a stated criterion).
+
+The validation loss is the one every method logs the same way (training/module.py `validation_step`): the mean
+squared error, on the network's scale, of the EMA network's predictions of the observed modalities of the
+validation subjects from all their inputs and from a single input.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmhvae.config import RunConfig, with_method
+from mmhvae.experiments.variants import Variant
+from mmhvae.io.files import atomic_path
+
+VALIDATION_LOSS = "val_loss"
+# Convergence: the validation loss moves by less than TOLERANCE (relative) over the last TAIL of the steps.
+TAIL = 0.2
+TOLERANCE = 0.01
+
+
+def validation_curve(run: Path) -> list[tuple[int, float]]:
+    """(step, validation loss) of every validation of a run folder, over all its training sessions."""
+    points: dict[int, float] = {}
+    for log in sorted(Path(run).glob("logs/session-*/metrics.csv")):
+        with open(log, newline="") as handle:
+            for row in csv.DictReader(handle):
+                value, step = row.get(VALIDATION_LOSS, ""), row.get("step", "")
+                if value not in ("", None) and step not in ("", None):
+                    points[int(float(step))] = float(value)
+    return sorted(points.items())
+
+
+def final_validation_loss(run: Path) -> float:
+    """The last validation loss of a run (nan when it never validated)."""
+    curve = validation_curve(run)
+    return curve[-1][1] if curve else math.nan
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Whether a curve has flattened: its relative change over the last TAIL of its steps."""
+
+    steps: int
+    change: float  # (last - value at the start of the tail) / value at the start of the tail
+    converged: bool
+
+
+def convergence(curve: Sequence[tuple[int, float]], tail: float = TAIL, tolerance: float = TOLERANCE) -> Convergence:
+    """The criterion of the page: |relative change of the validation loss over the last `tail` of the steps|
+    below `tolerance`; a curve of fewer than three validations is not judged converged."""
+    if len(curve) < 3:
+        return Convergence(curve[-1][0] if curve else 0, math.nan, False)
+    last_step, last = curve[-1]
+    start = next(value for step, value in curve if step >= (1 - tail) * last_step)
+    change = (last - start) / start if start else math.nan
+    return Convergence(last_step, change, bool(abs(change) < tolerance))
+
+
+def learning_rate_variant(method: str, base: RunConfig, lr: float, seed: int) -> Variant:
+    """`method` at learning rate `lr` and training seed `seed`; its schedule keeps the recipe's ratio of final to
+    initial rate (constant for MM-GAN and M2DN, a cosine to 1/20 for MMHVAE, to 0 for ResViT). Every seed keeps
+    the validation split of the config's seed (train.fold_seed)."""
+    recipe = with_method(base, method).train
+    ratio = recipe.lr_final / recipe.lr if recipe.lr else 1.0
+    return Variant(f"{method}-lr{lr:g}-seed{seed}", method, train={"lr": lr, "lr_final": lr * ratio, "seed": seed,
+                                                                     "fold_seed": base.train.seed})
+
+
+def chosen_learning_rate(losses: dict[float, float]) -> float:
+    """The learning rate of the lowest final validation loss (non-finite losses, e.g. a diverged run, lose)."""
+    return min(losses, key=lambda lr: losses[lr] if math.isfinite(losses[lr]) else math.inf)
+
+
+def curves_figure(png: Path, curves: dict[str, list[list[tuple[int, float]]]]) -> Path:
+    """Validation loss against step, one panel per method, one line per training seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(4, len(curves))
+    rows = math.ceil(len(curves) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False)
+    for ax, (method, per_seed) in zip(axes.flat, curves.items()):
+        for curve in per_seed:
+            if curve:
+                steps, values = np.array(curve).T
+                ax.plot(steps, values, lw=1)
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("validation loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(curves):]:
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    return png
