@@ -19,7 +19,7 @@ from mmhvae.errors import InputError
 from mmhvae.experiments.benchmark_page import BenchmarkResults, method_figure, page_text
 from mmhvae.experiments.posterior_spread import spread_rows
 from mmhvae.experiments.runs import mean_image_rows, scored_rows, train_variant
-from mmhvae.experiments.studies import check_methods, held_out_split
+from mmhvae.experiments.studies import check_methods, held_out_split, training_seeds
 from mmhvae.experiments.tuning import (
     chosen_learning_rate,
     curves_figure,
@@ -151,7 +151,7 @@ def trained_and_scored(settings: PhantomBenchmark, base: RunConfig, train_data: 
 
 
 def seeds_of(settings: PhantomBenchmark, base: RunConfig) -> list[int]:
-    return [base.train.seed + i for i in range(settings.seeds)]
+    return training_seeds(base, settings.seeds)
 
 
 def tuned_learning_rate(method: str, settings: PhantomBenchmark, base: RunConfig, train_data: Path,
@@ -174,7 +174,7 @@ def method_variant(method: str, settings: PhantomBenchmark, base: RunConfig, res
     """`method` at its chosen learning rate (its recipe's without a sweep) and training seed `seed`."""
     if settings.learning_rates:
         return learning_rate_variant(method, base, results.chosen(method, base), seed)
-    return Variant(f"{method}-seed{seed}", method, train={"seed": seed, "fold_seed": base.train.seed})
+    return Variant(f"{method}-seed{seed}", method, train={"seed": seed, "fold_seed": base.train.split_seed})
 
 
 def posterior_spread(settings: PhantomBenchmark, base: RunConfig, results: BenchmarkResults, train_data: Path,

@@ -70,11 +70,11 @@ def crossvalidate(data: str | Path, out: str | Path, config: str | Path = "tiny"
     check_sampling(temperature, samples)
     base = load_config(config)
     steps = max_steps or base.train.max_steps
-    fold_seed = base.train.seed if seeds > 1 else None
+    fold_seed = base.train.split_seed if seeds > 1 else None
     rows: list[dict] = []
     for fold in range(folds):
         train_subjects, test_subjects = cross_validation_split(data, base.data.modality_set, folds, fold,
-                                                               base.train.seed)
+                                                               base.train.split_seed)
         log.info(f"fold {fold + 1}/{folds}: {len(train_subjects)} training, {len(test_subjects)} test subjects")
         runs = out / f"fold-{fold}"
         first = None
@@ -106,7 +106,7 @@ def ablate(data: str | Path, out: str | Path, config: str | Path = "tiny", max_s
     base = load_config(config)
     steps = max_steps or base.train.max_steps
     train_subjects, test_subjects, folds_used = held_out_split(data, base, test_data, folds, fold)
-    fold_seed = base.train.seed if seeds > 1 and folds_used else None
+    fold_seed = base.train.split_seed if seeds > 1 and folds_used else None
     rows = []
     for seed in training_seeds(base, seeds):
         for variant in ablation_variants(base):
@@ -130,7 +130,7 @@ def held_out_split(data: Path, base: RunConfig, test_data: str | Path | None, fo
         test_subjects = [s for s in discover_subjects(test_data) if s.present(base.data.modality_set)]
         return train_subjects, test_subjects, None
     train_subjects, test_subjects = cross_validation_split(data, base.data.modality_set, folds, fold,
-                                                           base.train.seed)
+                                                           base.train.split_seed)
     return train_subjects, test_subjects, folds
 
 

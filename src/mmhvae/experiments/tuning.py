@@ -71,7 +71,7 @@ def learning_rate_variant(method: str, base: RunConfig, lr: float, seed: int) ->
     recipe = with_method(base, method).train
     ratio = recipe.lr_final / recipe.lr if recipe.lr else 1.0
     return Variant(f"{method}-lr{lr:g}-seed{seed}", method, train={"lr": lr, "lr_final": lr * ratio, "seed": seed,
-                                                                     "fold_seed": base.train.seed})
+                                                                     "fold_seed": base.train.split_seed})
 
 
 def chosen_learning_rate(losses: dict[float, float]) -> float:
