@@ -7,6 +7,7 @@ pickled class. A SHA-256 checksum of the weights is verified on load.
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ class LoadedModel:
     model: MMHVAE | ZeroImputationGenerator | AuthorsMMHVAE
     preprocess: PreprocessConfig
     meta: dict[str, Any]
+    calibration: dict[str, Any] | None = None  # inference.calibration.Calibration's values, if calibrated
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -65,6 +67,17 @@ class LoadedModel:
         return None if value is None else float(value)
 
 
+def calibration_checksum(values: dict[str, Any]) -> str:
+    """SHA-256 of a calibration's stored values (key order independent), checked when a model file is read."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def write_payload(path: Path, payload: dict[str, Any]) -> Path:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
 def save_model_file(path: str | Path, model: MMHVAE | ZeroImputationGenerator | AuthorsMMHVAE,
                     preprocess: PreprocessConfig, meta: dict[str, Any] | None = None) -> Path:
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -78,10 +91,19 @@ def save_model_file(path: str | Path, model: MMHVAE | ZeroImputationGenerator | 
         "checksum": weights_checksum(state),
         "meta": meta or {},
     }
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    return write_payload(Path(path), payload)
+
+
+def save_calibrated_copy(source: str | Path, out: str | Path, calibration: dict[str, Any]) -> Path:
+    """`source`'s model file with `calibration` (and its checksum) added or replaced, written to `out`; the
+    weights, their checksum and the rest of the file are unchanged."""
+    source = Path(source)
+    if source.is_dir():
+        source = source / "model.pt"
+    payload = load_verified_payload(source, "model file", FORMAT, FORMAT_VERSION, REQUIRED_KEYS)
+    payload["calibration"] = calibration
+    payload["calibration_checksum"] = calibration_checksum(calibration)
+    return write_payload(Path(out), payload)
 
 
 def load_failure(exc: Exception) -> str:
@@ -127,7 +149,16 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> Loa
     except (ValueError, TypeError, RuntimeError) as exc:
         raise InputError(f"model file does not match its configuration ({str(exc).splitlines()[0]})", path) from None
     preprocess = _update(PreprocessConfig(), recorded_preprocessing(payload), "preprocess", str(path))
-    return LoadedModel(for_inference(model, torch.device(device)), preprocess, payload.get("meta", {}))
+    return LoadedModel(for_inference(model, torch.device(device)), preprocess, payload.get("meta", {}),
+                       verified_calibration(payload, path))
+
+
+def verified_calibration(payload: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """The calibration a model file carries (None if uncalibrated), checked against its checksum."""
+    values = payload.get("calibration")
+    if values is not None and calibration_checksum(values) != payload.get("calibration_checksum"):
+        raise InputError("the calibration does not match its checksum (file damaged or edited)", path)
+    return values
 
 
 def recorded_preprocessing(payload: dict[str, Any]) -> Any:

@@ -45,7 +45,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if all_subsets:
         evaluate(args.model, args.data, args.out, temperature=args.temperature, with_lpips=not args.no_lpips,
                  overwrite=args.overwrite, mean_image_from=args.mean_image_from, samples=args.samples,
-                 correction=args.correction)
+                 correction=args.correction, level=args.level)
     if brasyn:
         evaluate_brasyn(args.model, args.data, args.out, temperature=args.temperature, samples=args.samples,
                         overwrite=args.overwrite)
@@ -109,7 +109,9 @@ def add_evaluate(verbs: argparse._SubParsersAction) -> None:
                                "normalisation; both")
     add_temperature(evaluate)
     evaluate.add_argument("--samples", type=int, default=1,
-                          help="score the mean of K samples per prediction (as predict --samples K writes)")
+                          help="score the mean of K samples per prediction (as predict --samples K writes) and, "
+                               "for K > 1, the uncertainty maps (uncertainty.csv)")
+    evaluate.add_argument("--level", type=float, default=0.9, help="with --samples: the interval's level")
     add_no_lpips(evaluate)
     add_overwrite(evaluate, help="replace existing results")
     evaluate.add_argument("--mean-image-from", type=Path, default=None,
@@ -166,8 +168,38 @@ def add_report(verbs: argparse._SubParsersAction) -> None:
     report.set_defaults(func=run_report)
 
 
+def run_calibrate(args: argparse.Namespace) -> int:
+    from mmhvae.evaluation.calibrate import calibrate
+
+    calibrate(args.model, args.data, args.out, levels=levels(args.levels), samples=args.samples,
+              temperature=args.temperature, overwrite=args.overwrite)
+    return 0
+
+
+def levels(text: str) -> tuple[float, ...]:
+    """`--levels`: comma-separated interval levels."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--levels: give comma-separated numbers between 0 and 1, got {text!r}") from None
+
+
+def add_calibrate(verbs: argparse._SubParsersAction) -> None:
+    calibrate = verbs.add_parser("calibrate", help="fit calibrated uncertainty intervals on held-out subjects")
+    calibrate.add_argument("--model", required=True, type=Path, help="model file or run folder")
+    calibrate.add_argument("--data", required=True, type=Path,
+                           help="calibration subjects with targets, seen neither in training nor in testing")
+    calibrate.add_argument("--out", required=True, type=Path, help="the calibrated model file to write")
+    calibrate.add_argument("--levels", default="0.9", help="interval levels, comma-separated (default 0.9)")
+    calibrate.add_argument("--samples", type=int, default=8, help="samples per prediction (default 8)")
+    add_temperature(calibrate, help="sampling temperature the intervals are for (default 0.5)")
+    add_overwrite(calibrate, help="replace an existing file at --out (also the model file itself)")
+    calibrate.set_defaults(func=run_calibrate)
+
+
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
-    """Register `evaluate`, `ablate` and `report` on the verbs of the `mmhvae` parser."""
+    """Register `evaluate`, `calibrate`, `ablate` and `report` on the verbs of the `mmhvae` parser."""
     add_evaluate(verbs)
+    add_calibrate(verbs)
     add_ablate(verbs)
     add_report(verbs)

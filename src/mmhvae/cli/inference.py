@@ -15,7 +15,7 @@ def run_predict(args: argparse.Namespace) -> int:
     predict(args.model, args.input, args.out, temperature=args.temperature, samples=args.samples,
             device=args.device, inputs=args.inputs, overwrite=args.overwrite, resample_to=args.resample_to,
             nan_to_num=args.nan_to_num, strict=args.strict, precision=args.precision,
-            compile_network=args.compile, all_subsets=args.all_subsets)
+            compile_network=args.compile, all_subsets=args.all_subsets, level=args.level)
     return 0
 
 
@@ -41,7 +41,11 @@ def add_predict(verbs: argparse._SubParsersAction) -> None:
     predict.add_argument("--input", required=True, type=Path, help="one subject folder or a data folder")
     predict.add_argument("--out", required=True, type=Path, help="writes OUT/<subject>/<modality>.nii.gz")
     add_temperature(predict, help="posterior std scale (default 0.5)")
-    predict.add_argument("--samples", type=int, default=1, help="K samples: mean and <mod>_std.nii.gz maps")
+    predict.add_argument("--samples", type=int, default=1,
+                         help="K samples: mean and <mod>_std.nii.gz maps (with a calibrated model also the "
+                              "interval, <mod>_lo/_hi.nii.gz)")
+    predict.add_argument("--level", type=float, default=0.9,
+                         help="level of the calibrated interval (one the model was calibrated at; default 0.9)")
     add_device(predict)
     predict.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                          help="network precision: auto = bf16 autocast on CUDA, float32 on CPU")

@@ -16,7 +16,7 @@ from pathlib import Path
 from mmhvae.errors import InputError, refuse_to_overwrite
 from mmhvae.evaluation.scoring import (
     CSV_FIELDS,
-    evaluation_rows,
+    evaluation_scores,
     load_models,
     model_labels,
     prepared_for_evaluation,
@@ -24,6 +24,8 @@ from mmhvae.evaluation.scoring import (
 )
 from mmhvae.evaluation.statistics import CORRECTIONS
 from mmhvae.evaluation.tables import floor_comparison, markdown_table, method_summary, paired_differences
+from mmhvae.evaluation.uncertainty import UNCERTAINTY_FIELDS, uncertainty_table
+from mmhvae.inference.calibration import DEFAULT_LEVEL, check_level
 from mmhvae.inference.synthesis import DEFAULT_TEMPERATURE, check_sampling
 from mmhvae.io.files import write_csv_atomic, write_text_atomic
 from mmhvae.io.layouts import SubjectFiles, discover_subjects
@@ -59,12 +61,12 @@ def results_text(rows: list[dict], modalities: Sequence[str], with_lpips: bool =
 
 
 def write_results(out: Path, rows: list[dict], modalities: Sequence[str], with_lpips: bool = True,
-                  preamble: str = "", correction: str = "holm") -> None:
-    """metrics.csv (long table) and table.md (`results_text`)."""
+                  preamble: str = "", correction: str = "holm", appendix: str = "") -> None:
+    """metrics.csv (long table) and table.md (`results_text`, then `appendix`)."""
     if not rows:
         raise InputError("no subject had a modality of the model", out)
     write_csv(out / "metrics.csv", rows)
-    write_text_atomic(out / "table.md", preamble + results_text(rows, modalities, with_lpips, correction))
+    write_text_atomic(out / "table.md", preamble + results_text(rows, modalities, with_lpips, correction) + appendix)
     log.info(f"wrote {out / 'metrics.csv'} and {out / 'table.md'}")
 
 
@@ -92,7 +94,7 @@ def settings_line(temperature: float, samples: int) -> str:
 def evaluate(model: str | Path | Sequence[str | Path], data: str | Path, out: str | Path,
              temperature: float = DEFAULT_TEMPERATURE, with_lpips: bool = True, method: str | None = None,
              overwrite: bool = False, mean_image_from: str | Path | None = None, samples: int = 1,
-             correction: str = "holm") -> list[dict]:
+             correction: str = "holm", level: float = DEFAULT_LEVEL) -> list[dict]:
     """The `mmhvae evaluate` job: long CSV and Table I-style Markdown for every test subject in `data`.
 
     `model` may be several model files (methods compared in one table, with the paired tests); each is named
@@ -100,9 +102,11 @@ def evaluate(model: str | Path | Sequence[str | Path], data: str | Path, out: st
     folder) adds the mean-image baseline computed on it. `samples` > 1 scores the mean of that many samples per
     prediction (at `temperature`); table.md names both settings. Models of one method trained with different
     seeds are pooled per subject; the paired tests over subjects are corrected by `correction` (holm or
-    bonferroni).
+    bonferroni). With several samples, uncertainty.csv and a section of table.md score the uncertainty maps
+    (`evaluation.uncertainty`) at `level`.
     """
     check_sampling(temperature, samples)
+    check_level(level)
     check_correction(correction)
     out = Path(out)
     refuse_to_overwrite(out, overwrite, exists=(out / "metrics.csv").exists(),
@@ -116,8 +120,16 @@ def evaluate(model: str | Path | Sequence[str | Path], data: str | Path, out: st
     read_every_subject_first(subjects, lambda files: prepared_for_evaluation(files, models[0]))
     note_targets_from_inputs(subjects)
     mean = None if mean_image_from is None else training_mean_images(discover_subjects(mean_image_from), models[0])
-    rows = evaluation_rows(models, labels, subjects, temperature, with_lpips, mean, samples)
+    rows, uncertainty = evaluation_scores(models, labels, subjects, temperature, with_lpips, mean, samples, level)
     if not rows:
         raise InputError("no subject had a modality of the model", data)
-    write_results(out, rows, models[0].modalities, with_lpips, settings_line(temperature, samples), correction)
+    if uncertainty:  # before table.md, whose presence marks a finished evaluation
+        write_csv_atomic(out / "uncertainty.csv", uncertainty, UNCERTAINTY_FIELDS)
+    write_results(out, rows, models[0].modalities, with_lpips, settings_line(temperature, samples), correction,
+                  uncertainty_section(uncertainty, level))
     return rows
+
+
+def uncertainty_section(rows: list[dict], level: float) -> str:
+    """The section of table.md on the uncertainty maps (empty without samples)."""
+    return f"\n## Uncertainty of the samples\n\n{uncertainty_table(rows, level)}" if rows else ""

@@ -13,6 +13,8 @@ import numpy as np
 
 from mmhvae.errors import InputError
 from mmhvae.evaluation.per_slice import volume_metrics
+from mmhvae.evaluation.uncertainty import uncertainty_rows
+from mmhvae.inference.calibration import DEFAULT_LEVEL, Calibration
 from mmhvae.inference.synthesis import DEFAULT_TEMPERATURE, synthesise
 from mmhvae.io.layouts import SubjectFiles
 from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, subset_label
@@ -29,13 +31,24 @@ def score(prediction: np.ndarray, target: np.ndarray, fov: np.ndarray, with_lpip
     return volume_metrics(prediction, target, fov, axis=2, data_range=2.0, with_lpips=with_lpips)
 
 
-def evaluate_subject(loaded: LoadedModel, prepared: PreparedSubject, method: str = "mmhvae",
-                     subsets: Sequence[Subset] | None = None, temperature: float = DEFAULT_TEMPERATURE,
-                     with_lpips: bool = False, samples: int = 1, seed: int = 0
-                     ) -> tuple[list[dict], dict[Subset, np.ndarray]]:
-    """Rows of the long table for one subject, and the predictions [M, H, W, S] of each subset.
+@dataclasses.dataclass
+class SubjectScores:
+    """One subject's long-table rows, its predictions [M, H, W, S] by input subset, and (with several samples)
+    the rows of `evaluation.uncertainty`."""
 
-    With `samples` > 1 each prediction is the mean of that many samples, as `mmhvae predict --samples` writes.
+    rows: list[dict]
+    predictions: dict[Subset, np.ndarray]
+    uncertainty: list[dict]
+
+
+def score_subject(loaded: LoadedModel, prepared: PreparedSubject, method: str = "mmhvae",
+                  subsets: Sequence[Subset] | None = None, temperature: float = DEFAULT_TEMPERATURE,
+                  with_lpips: bool = False, samples: int = 1, seed: int = 0, level: float = DEFAULT_LEVEL
+                  ) -> SubjectScores:
+    """Every input subset x present target of one subject, scored per slice.
+
+    With `samples` > 1 each prediction is the mean of that many samples, as `mmhvae predict --samples` writes,
+    and its uncertainty is scored at `level` (calibrated when the model was calibrated at `temperature`).
     `seed` is the model's training seed, recorded in every row (the rows of one method's seeds are pooled).
     """
     modalities = ModalitySet(loaded.modalities)
@@ -51,7 +64,28 @@ def evaluate_subject(loaded: LoadedModel, prepared: PreparedSubject, method: str
                 rows.append({"subject": prepared.name, "slice": r["slice"], "method": method, "seed": seed,
                              "inputs": subset_label(result.subset), "target": key, "task": task,
                              "psnr": r["psnr"], "ssim": r["ssim"], "lpips": r.get("lpips", float("nan"))})
-    return rows, {r.subset: r.mean for r in results}
+    uncertainty = []
+    if samples > 1:
+        uncertainty = uncertainty_rows(prepared, results, modalities, method, seed,
+                                       applicable_calibration(loaded, temperature), level)
+    return SubjectScores(rows, {r.subset: r.mean for r in results}, uncertainty)
+
+
+def evaluate_subject(loaded: LoadedModel, prepared: PreparedSubject, method: str = "mmhvae",
+                     subsets: Sequence[Subset] | None = None, temperature: float = DEFAULT_TEMPERATURE,
+                     with_lpips: bool = False, samples: int = 1, seed: int = 0
+                     ) -> tuple[list[dict], dict[Subset, np.ndarray]]:
+    """The rows and predictions of `score_subject`."""
+    scores = score_subject(loaded, prepared, method, subsets, temperature, with_lpips, samples, seed)
+    return scores.rows, scores.predictions
+
+
+def applicable_calibration(loaded: LoadedModel, temperature: float) -> Calibration | None:
+    """The model's calibration, if it has one made at this temperature."""
+    if loaded.calibration is None:
+        return None
+    calibration = Calibration.from_dict(loaded.calibration)
+    return calibration if calibration.temperature == temperature else None
 
 
 def mean_images(subjects: Iterable[PreparedSubject], modalities: Sequence[str]) -> np.ndarray:
@@ -139,26 +173,35 @@ def load_models(paths: Sequence[str | Path]) -> list[LoadedModel]:
     return models
 
 
-def evaluation_rows(models: Sequence[LoadedModel], labels: Sequence[str | tuple[str, int]],
-                    subjects: Sequence[SubjectFiles], temperature: float = DEFAULT_TEMPERATURE,
-                    with_lpips: bool = True, mean: np.ndarray | None = None, samples: int = 1) -> list[dict]:
+def evaluation_scores(models: Sequence[LoadedModel], labels: Sequence[str | tuple[str, int]],
+                      subjects: Sequence[SubjectFiles], temperature: float = DEFAULT_TEMPERATURE,
+                      with_lpips: bool = True, mean: np.ndarray | None = None, samples: int = 1,
+                      level: float = DEFAULT_LEVEL) -> tuple[list[dict], list[dict]]:
     """Long-table rows of every model on every test subject, each labelled (name, training seed) or by name
-    alone (seed 0); `mean` adds the mean-image floor, on the first (reference) model's grid and modalities.
-    Each model is scored on the input subsets and targets of its own modalities."""
+    alone (seed 0), and with several samples the uncertainty rows; `mean` adds the mean-image floor, on the
+    first (reference) model's grid and modalities. Each model is scored on the input subsets and targets of its
+    own modalities."""
     labels = [(label, 0) if isinstance(label, str) else label for label in labels]
-    rows = []
+    rows, uncertainty = [], []
     for files in subjects:
         for (name, seed), each in zip(labels, models):
             if not set(files.modalities) & set(each.modalities):
                 continue  # none of this model's modalities (a two-modality model, a subject without them)
-            subject_rows, _ = evaluate_subject(each, prepared_for_evaluation(files, each), name,
-                                              temperature=temperature, with_lpips=with_lpips, samples=samples,
-                                              seed=seed)
-            rows += subject_rows
+            scores = score_subject(each, prepared_for_evaluation(files, each), name, temperature=temperature,
+                                   with_lpips=with_lpips, samples=samples, seed=seed, level=level)
+            rows += scores.rows
+            uncertainty += scores.uncertainty
         if mean is not None:
             rows += evaluate_mean_image(mean, prepared_for_evaluation(files, models[0]), models[0].modalities)
         log.info(f"{files.name}: {sum(r['subject'] == files.name for r in rows)} slice scores")
-    return rows
+    return rows, uncertainty
+
+
+def evaluation_rows(models: Sequence[LoadedModel], labels: Sequence[str | tuple[str, int]],
+                    subjects: Sequence[SubjectFiles], temperature: float = DEFAULT_TEMPERATURE,
+                    with_lpips: bool = True, mean: np.ndarray | None = None, samples: int = 1) -> list[dict]:
+    """The long-table rows of `evaluation_scores`."""
+    return evaluation_scores(models, labels, subjects, temperature, with_lpips, mean, samples)[0]
 
 
 def training_mean_images(subjects: Iterable[SubjectFiles], loaded: LoadedModel) -> np.ndarray:

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from mmhvae.errors import InputError, refuse_to_overwrite
+from mmhvae.inference.calibration import DEFAULT_LEVEL, Calibration, check_level, task_of
 from mmhvae.inference.device import resolve_device, resolve_precision
-from mmhvae.inference.synthesis import DEFAULT_TEMPERATURE, check_sampling, synthesise
+from mmhvae.inference.synthesis import DEFAULT_TEMPERATURE, Synthesis, check_sampling, synthesise
 from mmhvae.io.layouts import SubjectFiles, discover_subjects, require_modalities_present
 from mmhvae.io.subjects import Subject, load_subject, read_every_subject_first
 from mmhvae.io.volumes import Volume, write_volume
@@ -86,8 +87,10 @@ def prepare_for_model(subject: Subject, loaded: LoadedModel, inputs: Subset | No
 
 def predict_subject(loaded: LoadedModel, subject: Subject, out_dir: Path, inputs: Subset | None = None,
                     temperature: float = DEFAULT_TEMPERATURE, samples: int = 1, slice_batch: int = 8,
-                    precision: str = "fp32", all_subsets: bool = False) -> list[Path]:
-    """Write OUT/<subject>/<modality>.nii.gz for every modality of the model (and `_std` maps if samples > 1).
+                    precision: str = "fp32", all_subsets: bool = False, calibration: Calibration | None = None,
+                    level: float = DEFAULT_LEVEL) -> list[Path]:
+    """Write OUT/<subject>/<modality>.nii.gz for every modality of the model (and `_std` maps if samples > 1;
+    with a `calibration`, the calibrated `_std` and the interval at `level` as `_lo` and `_hi`).
 
     With `all_subsets`, every non-empty subset of the used modalities is an input set of its own, all decoded in
     one batched run (each modality encoded once), written to OUT/<subject>/<subset>/<modality>.nii.gz. The
@@ -103,16 +106,32 @@ def predict_subject(loaded: LoadedModel, subject: Subject, out_dir: Path, inputs
     written = []
     for result in results:
         folder = out_dir / subject.name / subset_label(result.subset) if all_subsets else out_dir / subject.name
-        written += write_synthesis(folder, modalities, result.mean, result.std, prepared.fov, subject.reference,
-                                   record)
+        std, bounds = result.std, None
+        if calibration is not None and std is not None:
+            std, bounds = calibrated(result, modalities, calibration, level)
+        written += write_synthesis(folder, modalities, result.mean, std, prepared.fov, subject.reference,
+                                   record, bounds)
     return written
 
 
+def calibrated(result: Synthesis, modalities: Sequence[str], calibration: Calibration, level: float
+               ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The calibrated sd and the interval (low, high) at `level` of every modality of one subset's synthesis."""
+    lows, highs, sds = [], [], []
+    for j, key in enumerate(modalities):
+        low, high, sd = calibration.interval(result.mean[j], result.std[j], key, task_of(key, result.subset), level)
+        lows.append(low)
+        highs.append(high)
+        sds.append(sd)
+    return np.stack(sds), (np.stack(lows), np.stack(highs))
+
+
 def write_synthesis(folder: Path, modalities: Sequence[str], mean: np.ndarray, std: np.ndarray | None,
-                    fov: np.ndarray, grid: Volume, record: GridRecord | None = None) -> list[Path]:
-    """<modality>.nii.gz (and <modality>_std.nii.gz) in `folder`, from network-scale [M, H', W', S] arrays on
-    the model grid, back on the subject's grid and header (or, with the `record` of `mmhvae prepare`, on its
-    original ones), 0 outside the field of view."""
+                    fov: np.ndarray, grid: Volume, record: GridRecord | None = None,
+                    bounds: tuple[np.ndarray, np.ndarray] | None = None) -> list[Path]:
+    """<modality>.nii.gz (and <modality>_std.nii.gz, and with `bounds` <modality>_lo/_hi.nii.gz) in `folder`,
+    from network-scale [M, H', W', S] arrays on the model grid, back on the subject's grid and header (or, with
+    the `record` of `mmhvae prepare`, on its original ones), 0 outside the field of view."""
     fov_on_grid = back_to_grid(fov, grid.shape, fill=False)
     written = []
     for j, key in enumerate(modalities):
@@ -121,6 +140,9 @@ def write_synthesis(folder: Path, modalities: Sequence[str], mean: np.ndarray, s
         if std is not None:
             spread = back_to_grid(std[j] / 2.0, grid.shape, fill=0.0)  # std on the intensity scale t
             written.append(write_on_grid(folder / f"{key}_std.nii.gz", spread, fov_on_grid, grid, record))
+        for tail, bound in zip(("_lo", "_hi"), bounds or ()):
+            values = on_subject_grid(bound[j], fov, grid.shape)
+            written.append(write_on_grid(folder / f"{key}{tail}.nii.gz", values, fov_on_grid, grid, record))
     return written
 
 
@@ -128,7 +150,7 @@ def remove_earlier_predictions(folder: Path, written: Sequence[Path], modalities
     """After an --overwrite run, delete the predictions an earlier run left in a subject's folder that this run
     did not replace (std maps of a --samples run, the other layout of --all-subsets), so that the folder holds
     one run. Only files named as predict names them are touched; anything else stays."""
-    names = {f"{key}{tail}.nii.gz" for key in modalities for tail in ("", "_std")}
+    names = {f"{key}{tail}.nii.gz" for key in modalities for tail in ("", "_std", "_lo", "_hi")}
     subset_folders = [d for d in folder.iterdir() if d.is_dir() and set(d.name.split("+")) <= set(modalities)]
     kept = {Path(p).resolve() for p in written}
     removed = []
@@ -159,9 +181,11 @@ def check_outputs(subjects: Sequence[SubjectFiles], modalities: Sequence[str], o
 def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperature: float = DEFAULT_TEMPERATURE,
             samples: int = 1, device: str = "cpu", inputs: str | None = None, overwrite: bool = False,
             resample_to: str | None = None, nan_to_num: bool = False, strict: bool = False,
-            precision: str = "auto", compile_network: bool = False, all_subsets: bool = False) -> list[Path]:
+            precision: str = "auto", compile_network: bool = False, all_subsets: bool = False,
+            level: float = DEFAULT_LEVEL) -> list[Path]:
     """The `mmhvae predict` job over one subject folder or a data folder (`all_subsets`: see predict_subject)."""
     check_sampling(temperature, samples)
+    check_level(level)
     torch_device = resolve_device(device)
     precision = resolve_precision(precision, torch_device)
     loaded = load_model_file(model, torch_device)
@@ -172,6 +196,7 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
     if loaded.recorded_temperature is not None and loaded.recorded_temperature != temperature:
         log.info(f"note: this model's authors ran it at temperature {loaded.recorded_temperature:g}; this run uses "
                  f"{temperature:g} (set --temperature to change it)")
+    calibration = calibration_for(loaded, temperature, samples, level)
     subjects = discover_subjects(input_dir)
     out = Path(out)
     wanted = parse_modality_list(inputs) if inputs is not None else None  # '' is refused, not 'every input'
@@ -190,7 +215,7 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
     for files in subjects:
         subject = load_subject(files, loaded.modalities, resample_to=resample_to, nan_to_num=nan_to_num)
         paths = predict_subject(loaded, subject, out, used, temperature, samples, precision=precision,
-                                all_subsets=all_subsets)
+                                all_subsets=all_subsets, calibration=calibration, level=level)
         if overwrite:
             remove_earlier_predictions(out / files.name, paths, loaded.modalities)
         label = subset_label(used or subject.present(ModalitySet(loaded.modalities)))
@@ -198,3 +223,26 @@ def predict(model: str | Path, input_dir: str | Path, out: str | Path, temperatu
                  f"{len(paths)} files in {out / files.name}")
         written += paths
     return written
+
+
+def calibration_for(loaded: LoadedModel, temperature: float, samples: int, level: float) -> Calibration | None:
+    """The model's calibration where it applies to this run (several samples at its temperature), else None,
+    saying why; a level the calibration lacks is an input error."""
+    if samples < 2:
+        return None
+    if loaded.calibration is None:
+        log.info("note: this model is uncalibrated: <modality>_std is the raw sd of the samples, no interval is "
+                 "written (mmhvae calibrate makes calibrated intervals)")
+        return None
+    calibration = Calibration.from_dict(loaded.calibration)
+    if calibration.temperature != temperature:
+        log.info(f"note: the model was calibrated at temperature {calibration.temperature:g}, not {temperature:g}: "
+                 "<modality>_std is the raw sd of the samples, no interval is written")
+        return None
+    for scale in calibration.groups.values():
+        scale.half_width(np.zeros(1), level)  # a level the calibration lacks fails here, before any output
+    if calibration.samples != samples:
+        log.info(f"note: calibrated with {calibration.samples} samples, predicting with {samples}: the interval "
+                 "assumes a sample sd of similar noise")
+    log.info(f"writing the calibrated {level:.0%} interval (<modality>_lo, _hi) and the calibrated <modality>_std")
+    return calibration

@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import math
+import statistics
 from dataclasses import dataclass
 
 import torch
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+
+def central_interval_z(level: float) -> float:
+    """z such that mean +- z sd holds a fraction `level` of a Gaussian (1.645 for 0.9)."""
+    return statistics.NormalDist().inv_cdf(0.5 + level / 2)
 
 
 def soft_clamp(x: torch.Tensor, c: float) -> torch.Tensor:
