@@ -14,7 +14,7 @@ import numpy as np
 from mmhvae.errors import InputError
 from mmhvae.evaluation.per_slice import volume_metrics
 from mmhvae.evaluation.uncertainty import uncertainty_rows
-from mmhvae.inference.calibration import DEFAULT_LEVEL, Calibration
+from mmhvae.inference.calibration import DEFAULT_LEVEL, calibration_at
 from mmhvae.inference.synthesis import DEFAULT_TEMPERATURE, synthesise
 from mmhvae.io.layouts import SubjectFiles
 from mmhvae.modalities import ModalitySet, Subset, non_empty_subsets, subset_label
@@ -67,7 +67,7 @@ def score_subject(loaded: LoadedModel, prepared: PreparedSubject, method: str = 
     uncertainty = []
     if samples > 1:
         uncertainty = uncertainty_rows(prepared, results, modalities, method, seed,
-                                       applicable_calibration(loaded, temperature), level)
+                                       calibration_at(loaded.calibration, temperature), level)
     return SubjectScores(rows, {r.subset: r.mean for r in results}, uncertainty)
 
 
@@ -78,14 +78,6 @@ def evaluate_subject(loaded: LoadedModel, prepared: PreparedSubject, method: str
     """The rows and predictions of `score_subject`."""
     scores = score_subject(loaded, prepared, method, subsets, temperature, with_lpips, samples, seed)
     return scores.rows, scores.predictions
-
-
-def applicable_calibration(loaded: LoadedModel, temperature: float) -> Calibration | None:
-    """The model's calibration, if it has one made at this temperature."""
-    if loaded.calibration is None:
-        return None
-    calibration = Calibration.from_dict(loaded.calibration)
-    return calibration if calibration.temperature == temperature else None
 
 
 def mean_images(subjects: Iterable[PreparedSubject], modalities: Sequence[str]) -> np.ndarray:

@@ -123,6 +123,14 @@ class Calibration:
                    dict(values.get("provenance", {})))
 
 
+def calibration_at(values: dict[str, Any] | None, temperature: float) -> Calibration | None:
+    """The calibration a model file carries (`LoadedModel.calibration`) if it was made at this temperature."""
+    if values is None:
+        return None
+    calibration = Calibration.from_dict(values)
+    return calibration if calibration.temperature == temperature else None
+
+
 def gaussian_interval(mean: np.ndarray, sd: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     """The uncalibrated interval mean +- z_a sd, reading the sample sd as a Gaussian error bar."""
     z = central_interval_z(level)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mmhvae.errors import InputError, refuse_to_overwrite
-from mmhvae.inference.calibration import DEFAULT_LEVEL, Calibration, check_level, task_of
+from mmhvae.inference.calibration import DEFAULT_LEVEL, Calibration, calibration_at, check_level, task_of
 from mmhvae.inference.device import resolve_device, resolve_precision
 from mmhvae.inference.synthesis import DEFAULT_TEMPERATURE, Synthesis, check_sampling, synthesise
 from mmhvae.io.layouts import SubjectFiles, discover_subjects, require_modalities_present
@@ -234,10 +234,10 @@ def calibration_for(loaded: LoadedModel, temperature: float, samples: int, level
         log.info("note: this model is uncalibrated: <modality>_std is the raw sd of the samples, no interval is "
                  "written (mmhvae calibrate makes calibrated intervals)")
         return None
-    calibration = Calibration.from_dict(loaded.calibration)
-    if calibration.temperature != temperature:
-        log.info(f"note: the model was calibrated at temperature {calibration.temperature:g}, not {temperature:g}: "
-                 "<modality>_std is the raw sd of the samples, no interval is written")
+    calibration = calibration_at(loaded.calibration, temperature)
+    if calibration is None:
+        log.info(f"note: the model was calibrated at temperature {loaded.calibration['temperature']:g}, not "
+                 f"{temperature:g}: <modality>_std is the raw sd of the samples, no interval is written")
         return None
     for scale in calibration.groups.values():
         scale.half_width(np.zeros(1), level)  # a level the calibration lacks fails here, before any output
