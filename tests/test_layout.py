@@ -24,7 +24,7 @@ LAYERS = {
     "mmhvae.model_file": 4,
     "mmhvae.training": 5, "mmhvae.inference": 5,
     "mmhvae.evaluation": 6,
-    "mmhvae.performance": 7,
+    "mmhvae.performance": 7, "mmhvae.viewer": 7,
     "mmhvae.experiments": 8,
     "mmhvae.cli": 9,
 }

@@ -3,6 +3,8 @@ evaluate's uncertainty table, and the refusals (exit 2, one line, nothing writte
 
 from __future__ import annotations
 
+import csv
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -10,8 +12,10 @@ import torch
 
 from mmhvae.cli.main import main
 from mmhvae.evaluation.calibrate import calibrate
+from mmhvae.model.baselines.mmgan import MMGANConfig
 from mmhvae.model.mmhvae import MMHVAE
 from mmhvae.model.mmhvae_config import MMHVAEConfig
+from mmhvae.model.registry import build_network
 from mmhvae.model_file import load_model_file, save_model_file
 from mmhvae.phantom.cohort import simulate_cohort
 from mmhvae.preprocessing.prepare import PreprocessConfig
@@ -103,3 +107,50 @@ def test_too_few_voxels_are_refused(cohorts, tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "calibration voxels" in lines[0], lines
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_each_input_subset_gets_its_own_scale(cohorts):
+    _, _, calibrated = cohorts
+    subsets = load_model_file(calibrated).calibration["subsets"]
+    assert len(subsets) == 15 * 4  # every non-empty subset x target of complete calibration subjects
+    assert subsets["t2/us"]["quantiles"]["0.9"] != subsets["t2/us+t1c+flair"]["quantiles"]["0.9"]
+
+
+def test_a_network_that_draws_no_samples_is_refused(cohorts, tmp_path, capsys):
+    root, _, _ = cohorts
+    config = MMGANConfig(modalities=SMALL.modalities, image_size=32, channels=(4, 8, 8), num_res_units=0)
+    baseline = save_model_file(tmp_path / "mmgan.pt", build_network(config.to_dict()).eval(),
+                               PreprocessConfig(modalities=SMALL.modalities, image_size=32))
+    out = tmp_path / "out.pt"
+    code = main(["calibrate", "--model", str(baseline), "--data", str(root / "cal"), "--out", str(out),
+                 "--samples", "2"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "this network draws no samples" in lines[0], lines
+    assert str(baseline) in lines[0] and not out.exists()
+
+
+def test_the_uncertainty_analysis_draws_reliability_and_sparsification(cohorts, tmp_path):
+    root, _, calibrated = cohorts
+    assert main(["analyse", "uncertainty", "--model", str(calibrated), "--data", str(root / "test"),
+                 "--out", str(tmp_path), "--samples", "3"]) == 0
+    for name in ("uncertainty_reliability.png", "uncertainty_sparsification.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    rows = list(csv.DictReader(open(tmp_path / "uncertainty_coverage.csv")))
+    levels = sorted({float(r["level"]) for r in rows})
+    assert levels == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
+    assert len(rows) == 2 * 15 * 4 * len(levels)
+    # coverage grows with the level, subject by subject and subset by subset
+    by_curve: dict[tuple, list[tuple[float, float]]] = {}
+    for r in rows:
+        by_curve.setdefault((r["subject"], r["inputs"], r["target"]), []).append(
+            (float(r["level"]), float(r["coverage"])))
+    for points in by_curve.values():
+        coverages = [c for _, c in sorted(points)]
+        assert coverages == sorted(coverages)
+    curves = list(csv.DictReader(open(tmp_path / "uncertainty_sparsification.csv")))
+    assert all(float(r["oracle"]) <= float(r["by_sd"]) + 1e-9 for r in curves)  # the oracle is a lower bound
+    text = (tmp_path / "uncertainty.md").read_text()
+    assert "Coverage at 0.9 per input subset" in text and "AUSE" in text
+    code = main(["analyse", "uncertainty", "--model", str(calibrated), "--data", str(root / "test"),
+                 "--out", str(tmp_path), "--samples", "3"])
+    assert code == 2  # an earlier analysis is kept

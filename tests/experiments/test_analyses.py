@@ -149,3 +149,12 @@ def test_temperature_analysis_refuses_bad_input(cohort, tmp_path):
         analyse_temperature(MODEL, mixed, out, subject="sub-001", with_lpips=False)
     assert caught.value.path == mixed / "sub-001"
     assert not out.exists()
+
+
+def test_the_uncertainty_page_sentence_follows_its_numbers():
+    from mmhvae.experiments.analyses.uncertainty import coverage_sentence
+
+    text = coverage_sentence({("t2", "synthesis"): 0.905, ("us", "synthesis"): 0.942,
+                              ("t2", "harmonisation"): 0.875}, calibrated=True)
+    assert "cover 0.875 to 0.942" in text and "1 of 3 lie within 0.02" in text
+    assert "outside: t2 harmonisation 0.875, us synthesis 0.942" in text

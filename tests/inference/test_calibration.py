@@ -24,7 +24,7 @@ def test_calibrated_intervals_cover_the_level_on_new_data_where_the_raw_sd_does_
     new_error, new_sd = heteroscedastic(rng, 50_000, overconfidence=15.0)
     mean = rng.normal(size=new_error.size)
     target = mean + new_error
-    low, high, calibrated_sd = calibration.interval(mean, new_sd, "t2", "synthesis", level)
+    low, high, calibrated_sd = calibration.interval(mean, new_sd, "t2", ("us",), level)
     coverage = np.mean((target >= low) & (target <= high))
     assert abs(coverage - level) < 0.01
     raw_low, raw_high = gaussian_interval(mean, new_sd, level)
@@ -62,3 +62,15 @@ def test_a_calibration_round_trips_through_plain_values():
     calibration = Calibration({"us/harmonisation": scale}, 0.5, 8, (0.9,), {"data": "cal"})
     again = Calibration.from_dict(calibration.to_dict())
     assert again == calibration
+
+
+def test_an_input_subsets_own_scale_is_used_and_its_task_stands_in_for_a_subset_without_one():
+    rng = np.random.default_rng(2)
+    wide, narrow = fit_group(np.abs(rng.normal(0, 1.0, 5000)), np.ones(5000), (0.9,)), \
+        fit_group(np.abs(rng.normal(0, 0.1, 5000)), np.ones(5000), (0.9,))
+    calibration = Calibration({"t2/synthesis": wide}, 0.5, 8, (0.9,), subsets={"t2/us+flair": narrow})
+    assert calibration.scale("t2", ("us", "flair")) is narrow
+    assert calibration.scale("t2", ("us",)) is wide
+    with pytest.raises(InputError, match="no scale for t2 \\(harmonisation\\)"):
+        calibration.scale("t2", ("t2",))
+    assert Calibration.from_dict(calibration.to_dict()) == calibration

@@ -1,5 +1,5 @@
-"""The `analyse` verb of Section 6: `latent` alignment of the subsets' latents (Fig. 4) and the effect of the
-sampling `temperature` (Fig. 5)."""
+"""The `analyse` verb: Section 6's `latent` alignment of the subsets' latents (Fig. 4) and the effect of the
+sampling `temperature` (Fig. 5), and the `uncertainty` maps' reliability and sparsification."""
 
 from __future__ import annotations
 
@@ -38,6 +38,16 @@ def run_analyse_temperature(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_analyse_uncertainty(args: argparse.Namespace) -> int:
+    from mmhvae.experiments.analyses.uncertainty import analyse_uncertainty
+
+    result = analyse_uncertainty(args.model, args.data, args.out, samples=args.samples,
+                                 temperature=args.temperature, seed=args.seed, device=args.device,
+                                 overwrite=args.overwrite)
+    print_written(result.files)
+    return 0
+
+
 def add_latent(kinds: argparse._SubParsersAction) -> None:
     latent = kinds.add_parser("latent", help="PCA of z_1 from every input subset of one subject (Fig. 4)")
     add_model_file(latent)
@@ -71,9 +81,26 @@ def add_temperature_analysis(kinds: argparse._SubParsersAction) -> None:
     temp.set_defaults(func=run_analyse_temperature)
 
 
+def add_uncertainty_analysis(kinds: argparse._SubParsersAction) -> None:
+    spread = kinds.add_parser("uncertainty", help="reliability diagram and sparsification curves of the sd maps")
+    add_model_file(spread)
+    spread.add_argument("--data", required=True, type=Path,
+                        help="held-out subjects with ground truth (seen by neither training nor calibration)")
+    spread.add_argument("--out", required=True, type=Path,
+                        help="writes uncertainty_reliability.png, uncertainty_sparsification.png, their CSVs and "
+                             "uncertainty.md")
+    spread.add_argument("--samples", type=int, default=8, help="posterior samples per input subset (K >= 2)")
+    add_temperature(spread, help="sampling temperature (a calibration applies at its own only)")
+    add_seed(spread)
+    add_device(spread)
+    add_overwrite(spread)
+    spread.set_defaults(func=run_analyse_uncertainty)
+
+
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
-    """Register `analyse latent` and `analyse temperature` on the verbs of the `mmhvae` parser."""
-    analyse = verbs.add_parser("analyse", help="Section 6 analyses: latent alignment (Fig. 4), temperature (Fig. 5)")
+    """Register `analyse latent`, `analyse temperature` and `analyse uncertainty` on the `mmhvae` parser."""
+    analyse = verbs.add_parser("analyse", help="latent alignment (Fig. 4), temperature (Fig. 5), uncertainty maps")
     kinds = analyse.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
     add_latent(kinds)
     add_temperature_analysis(kinds)
+    add_uncertainty_analysis(kinds)

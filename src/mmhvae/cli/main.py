@@ -15,12 +15,12 @@ from collections.abc import Sequence
 
 from mmhvae import __version__
 from mmhvae.allocator import keep_freed_memory
-from mmhvae.cli import analyses, data, downstream, evaluation, inference, performance, training
+from mmhvae.cli import analyses, data, downstream, evaluation, inference, performance, training, viewer
 from mmhvae.cli.common import OneLineParser, show_progress_messages, show_warnings_to_users
 from mmhvae.errors import InputError
 from mmhvae.modalities import require_key
 
-VERB_FAMILIES = (data, training, inference, evaluation, analyses, downstream, performance)
+VERB_FAMILIES = (data, training, inference, evaluation, analyses, downstream, performance, viewer)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@ next to the ground truth, for every modality."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,4 +40,41 @@ def fig3_grid(png: Path, slices: dict[str, np.ndarray], ground_truth: np.ndarray
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / fig.get_figheight()))  # room for the title above the columns' keys
     with atomic_path(png) as tmp:
         fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+
+
+IMAGE, SPREAD, MASK = "image", "spread", "mask"
+
+
+def uncertainty_row(png: Path, panels: Sequence[tuple[str, str, np.ndarray]], fov: np.ndarray, title: str) -> None:
+    """One row of maps of one slice, each (label, kind, array): IMAGE on a shared grey scale (network scale),
+    SPREAD (an error, sd or interval width, >= 0) on one shared colour scale so that an sd or an interval can be
+    read against the error, MASK in white (e.g. where the truth falls outside the interval)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def top(kind: str, q: float, default: float) -> float:
+        arrays = [a for _, k, a in panels if k == kind]
+        return max(float(np.percentile(a[fov], q)) for a in arrays) if arrays and fov.any() else default
+
+    grey_top, spread_top = top(IMAGE, 99.5, 1.0), top(SPREAD, 99.0, 1.0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.9 * len(panels), 2.3), squeeze=False)
+    coloured = None
+    for ax, (label, kind, array) in zip(axes[0], panels):
+        if kind == SPREAD:
+            coloured = ax.imshow(np.rot90(np.where(fov, array, 0.0)), cmap="magma", vmin=0.0, vmax=spread_top)
+        elif kind == MASK:
+            ax.imshow(np.rot90(fov & array.astype(bool)), cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(np.rot90(np.where(fov, array, -1.0)), cmap="gray", vmin=-1.0, vmax=grey_top)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(label, fontsize=7)
+    if coloured is not None:
+        fig.colorbar(coloured, ax=list(axes[0]), fraction=0.02, pad=0.01, label="network scale")
+    fig.suptitle(title, fontsize=8)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=90, format="png", bbox_inches="tight")
     plt.close(fig)

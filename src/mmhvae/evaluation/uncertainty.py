@@ -69,7 +69,7 @@ def uncertainty_rows(prepared: PreparedSubject, results: Sequence[Synthesis], mo
             raw = interval_scores(target, *gaussian_interval(mean, sd, level))
             calibrated = (float("nan"), float("nan"))
             if calibration is not None:
-                low, high, _ = calibration.interval(mean, sd, key, task, level)
+                low, high, _ = calibration.interval(mean, sd, key, result.subset, level)
                 calibrated = interval_scores(target, low, high)
             rows.append({"subject": prepared.name, "method": method, "seed": seed,
                          "inputs": subset_label(result.subset), "target": key, "task": task,

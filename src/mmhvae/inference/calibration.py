@@ -1,9 +1,12 @@
 """Calibrated uncertainty: split-conformal intervals around the mean of K posterior samples.
 
-A model file may carry a calibration (written by `mmhvae calibrate`): for each target modality and task
-(harmonisation, the target among the inputs; synthesis, it is not) a scale fitted on held-out calibration
-subjects. Its nonconformity score is the absolute error of the sample mean divided by the sample sd
-(`scaled`), or the absolute error itself where the sd is degenerate (`absolute`). The interval at level a is
+A model file may carry a calibration (written by `mmhvae calibrate`): for each target modality and input
+subset, and pooled for each target and task (harmonisation, the target among the inputs; synthesis, it is
+not), a scale fitted on held-out calibration subjects. An interval uses its input subset's scale, so that it
+covers the level for that subset and not only on average over subsets (one input sees far less than four);
+the task's scale stands in for a subset the calibration subjects lacked. The nonconformity score is the
+absolute error of the sample mean divided by the sample sd (`scaled`), or the absolute error itself where the
+sd is degenerate (`absolute`). The interval at level a is
 
     mean +- q_a * (sd + floor)     (scaled)        or        mean +- q_a      (absolute),
 
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mmhvae.errors import InputError
+from mmhvae.modalities import Subset, subset_label
 from mmhvae.model.distributions import central_interval_z
 
 TASKS = ("harmonisation", "synthesis")
@@ -92,35 +96,50 @@ def fit_group(error: np.ndarray, sd: np.ndarray, levels: tuple[float, ...]) -> G
 
 @dataclass
 class Calibration:
-    """Per (target, task) scales, with how they were made: stored in the model file under "calibration"."""
+    """Scales with how they were made, stored in the model file under "calibration": `groups` per
+    "target/task", `subsets` per "target/input subset" (e.g. "t2/us+flair")."""
 
     groups: dict[str, GroupScale]
     temperature: float
     samples: int
     levels: tuple[float, ...]
     provenance: dict[str, Any] = field(default_factory=dict)
+    subsets: dict[str, GroupScale] = field(default_factory=dict)
 
-    def scale(self, target: str, task: str) -> GroupScale:
+    def scale(self, target: str, inputs: Subset) -> GroupScale:
+        """The input subset's scale for `target`, else the pooled one of its task."""
+        by_subset = self.subsets.get(subset_key(target, inputs))
+        if by_subset is not None:
+            return by_subset
+        task = task_of(target, inputs)
         key = f"{target}/{task}"
         if key not in self.groups:
             raise InputError(f"this calibration has no scale for {target} ({task}); calibrate on subjects with it")
         return self.groups[key]
 
-    def interval(self, mean: np.ndarray, sd: np.ndarray, target: str, task: str,
+    def interval(self, mean: np.ndarray, sd: np.ndarray, target: str, inputs: Subset,
                  level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(low, high, calibrated sd) at `level` for one target's mean and sample sd (network scale)."""
-        half = self.scale(target, task).half_width(sd, level)
+        """(low, high, calibrated sd) at `level` for one target's mean and sample sd (network scale) when
+        synthesised from `inputs`."""
+        half = self.scale(target, inputs).half_width(sd, level)
         return mean - half, mean + half, half / central_interval_z(level)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"groups": {k: asdict(v) for k, v in self.groups.items()}, "temperature": self.temperature,
+        return {"groups": {k: asdict(v) for k, v in self.groups.items()},
+                "subsets": {k: asdict(v) for k, v in self.subsets.items()}, "temperature": self.temperature,
                 "samples": self.samples, "levels": list(self.levels), "provenance": self.provenance}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Calibration:
         groups = {k: GroupScale(**v) for k, v in values["groups"].items()}
+        subsets = {k: GroupScale(**v) for k, v in values.get("subsets", {}).items()}
         return cls(groups, float(values["temperature"]), int(values["samples"]), tuple(values["levels"]),
-                   dict(values.get("provenance", {})))
+                   dict(values.get("provenance", {})), subsets)
+
+
+def subset_key(target: str, inputs: Subset) -> str:
+    """How the scale of `target` synthesised from `inputs` is named in a calibration."""
+    return f"{target}/{subset_label(inputs)}"
 
 
 def calibration_at(values: dict[str, Any] | None, temperature: float) -> Calibration | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mmhvae.errors import InputError, refuse_to_overwrite
-from mmhvae.inference.calibration import DEFAULT_LEVEL, Calibration, calibration_at, check_level, task_of
+from mmhvae.inference.calibration import DEFAULT_LEVEL, Calibration, calibration_at, check_level
 from mmhvae.inference.device import resolve_device, resolve_precision
 from mmhvae.inference.synthesis import DEFAULT_TEMPERATURE, Synthesis, check_sampling, synthesise
 from mmhvae.io.layouts import SubjectFiles, discover_subjects, require_modalities_present
@@ -119,7 +119,7 @@ def calibrated(result: Synthesis, modalities: Sequence[str], calibration: Calibr
     """The calibrated sd and the interval (low, high) at `level` of every modality of one subset's synthesis."""
     lows, highs, sds = [], [], []
     for j, key in enumerate(modalities):
-        low, high, sd = calibration.interval(result.mean[j], result.std[j], key, task_of(key, result.subset), level)
+        low, high, sd = calibration.interval(result.mean[j], result.std[j], key, result.subset, level)
         lows.append(low)
         highs.append(high)
         sds.append(sd)
