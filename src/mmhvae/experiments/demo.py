@@ -62,12 +62,12 @@ def run_demo(out: str | Path = "demo-output", model: str | Path | None = None, s
     for previous in (cohort, out / "predictions", out / "uncertainty"):  # made afresh, so no stale file is shown
         if previous.exists():
             shutil.rmtree(previous)
-    log.info(f"1/3 simulating {subjects} held-out phantom subjects (seed {DEMO_SEED}) in {cohort}")
+    log.info(f"1/5 simulating {subjects} held-out phantom subjects (seed {DEMO_SEED}) in {cohort}")
     simulate_cohort(cohort, subjects=subjects, modalities=modalities, size=loaded.model.config.image_size,
                     seed=DEMO_SEED, missing="complete")
     files = discover_subjects(cohort)[0]
     prepared = load_prepared(files, loaded.preprocess)
-    log.info(f"2/3 predicting every modality from all {2 ** len(modalities) - 1} input subsets of {files.name}")
+    log.info(f"2/5 predicting every modality from all {2 ** len(modalities) - 1} input subsets of {files.name}")
     rows, predictions = evaluate_subject(loaded, prepared, "mmhvae", with_lpips=False)
     grid = load_subject(files, modalities).reference
     for subset, images in predictions.items():
@@ -78,14 +78,15 @@ def run_demo(out: str | Path = "demo-output", model: str | Path | None = None, s
               prepared.targets[..., k], prepared.fov[..., k], modalities,
               f"{files.name}, slice {k}: every modality from every input subset (T = 0.5)")
     table = markdown_table(rows, list(modalities))
-    log.info("3/4 PSNR (dB) / SSIM inside the field of view, mean over slices:")
+    log.info("3/5 PSNR (dB) / SSIM inside the field of view, mean over slices:")
     log.info(table)
-    log.info(f"4/4 {UNCERTAINTY_SAMPLES} samples of {UNCERTAINTY_EXAMPLE[1]} from {UNCERTAINTY_EXAMPLE[0][0]}: "
+    log.info(f"4/5 {UNCERTAINTY_SAMPLES} samples of {UNCERTAINTY_EXAMPLE[1]} from {UNCERTAINTY_EXAMPLE[0][0]}: "
              "mean, sd and interval against the error")
     spread = uncertainty_example(out, loaded, prepared, grid, k)
     write_text_atomic(out / "table.md", f"# Demo: {files.name}, shipped model, temperature 0.5\n\n{table}\n\n"
                                         f"## Uncertainty\n\n{spread}\n")
     log.info(spread)
+    log.info("5/5 the results page (mmhvae view)")
     page = build_view([out / "predictions", out / "uncertainty"], out / "report.html", data=cohort, evaluation=out,
                       title=f"mmhvae demo: {files.name}", overwrite=True)
     log.info(f"\noutputs: {out / 'predictions'} and {out / 'uncertainty'} (NIfTI), {out / 'fig3.png'} and "
