@@ -83,22 +83,28 @@ def uncertainty_rows(prepared: PreparedSubject, results: Sequence[Synthesis], mo
 SUMMARY_METRICS = ("coverage", "width", "raw_coverage", "raw_width", "spearman", "ause")
 
 
+def over_subjects(rows: Sequence[dict], keys: Sequence[str], value: str) -> dict[tuple, tuple[float, float, int]]:
+    """Per `keys`: (mean, sd, n) over subjects of each subject's mean of `value` (over its other rows: input
+    subsets, training seeds), non-finite subject means left out (the subject is the unit)."""
+    per_subject: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        per_subject.setdefault(tuple(r[k] for k in keys), {}).setdefault(r["subject"], []).append(float(r[value]))
+    summary = {}
+    for key, by_subject in per_subject.items():
+        values = np.array([np.mean(v) for v in by_subject.values()])
+        values = values[np.isfinite(values)]
+        sd = float(values.std(ddof=1)) if values.size > 1 else float("nan")
+        summary[key] = (float(values.mean()) if values.size else float("nan"), sd, int(values.size))
+    return summary
+
+
 def subject_summary(rows: Sequence[dict]) -> dict[tuple[str, str, str], dict[str, tuple[float, float, int]]]:
     """Per (method, target, task) and metric: (mean over subjects, sd over subjects, subjects), each subject's
     value being its mean over input subsets and training seeds (the subject is the unit)."""
-    per_subject: dict[tuple, dict[str, dict[str, list[float]]]] = {}
-    for r in rows:
-        group = per_subject.setdefault((r["method"], r["target"], r["task"]), {})
-        for metric in SUMMARY_METRICS:
-            group.setdefault(metric, {}).setdefault(r["subject"], []).append(float(r[metric]))
-    summary = {}
-    for key, metrics in per_subject.items():
-        summary[key] = {}
-        for metric, by_subject in metrics.items():
-            values = np.array([np.mean(v) for v in by_subject.values()])
-            values = values[np.isfinite(values)]
-            sd = float(values.std(ddof=1)) if values.size > 1 else float("nan")
-            summary[key][metric] = (float(values.mean()) if values.size else float("nan"), sd, int(values.size))
+    summary: dict[tuple[str, str, str], dict[str, tuple[float, float, int]]] = {}
+    for metric in SUMMARY_METRICS:
+        for key, entry in over_subjects(rows, ("method", "target", "task"), metric).items():
+            summary.setdefault(key, {})[metric] = entry
     return summary
 
 

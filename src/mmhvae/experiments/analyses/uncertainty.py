@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +20,14 @@ import numpy as np
 from mmhvae.errors import InputError
 from mmhvae.evaluation.scoring import prepared_for_evaluation
 from mmhvae.evaluation.tables import markdown_lines
-from mmhvae.evaluation.uncertainty import FRACTIONS, ause, interval_scores, scored_voxels, sparsification_curve
+from mmhvae.evaluation.uncertainty import (
+    FRACTIONS,
+    ause,
+    interval_scores,
+    over_subjects,
+    scored_voxels,
+    sparsification_curve,
+)
 from mmhvae.experiments.analyses.common import (
     AnalysisResult,
     load_model,
@@ -88,20 +94,6 @@ def subject_rows(prepared: PreparedSubject, results: Sequence[Synthesis], modali
                        for f, a, b in zip(FRACTIONS, by_sd, oracle)]
             auses.append({**common, "ause": ause(error, sd)})
     return coverage, curves, auses
-
-
-def over_subjects(rows: Sequence[dict], keys: Sequence[str], value: str) -> dict[tuple, tuple[float, float, int]]:
-    """Per `keys`: (mean, sd, n) over subjects of each subject's mean of `value` (over input subsets)."""
-    per_subject: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        per_subject[tuple(r[k] for k in keys)][r["subject"]].append(float(r[value]))
-    summary = {}
-    for key, by_subject in per_subject.items():
-        values = np.array([np.mean(v) for v in by_subject.values()])
-        values = values[np.isfinite(values)]
-        sd = float(values.std(ddof=1)) if values.size > 1 else math.nan
-        summary[key] = (float(values.mean()) if values.size else math.nan, sd, int(values.size))
-    return summary
 
 
 def reliability_figure(png: Path, coverage: Sequence[dict], calibrated: bool) -> Path:
