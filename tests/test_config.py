@@ -55,6 +55,7 @@ def test_yaml_overrides_a_base_and_round_trips(tmp_path):
         ("train:\n  subset_sampling: uniform\n", "subset_sampling must be one of mixture, own"),
         ("train:\n  early_stopping_patience: -1\n", "early_stopping_patience must be >= 0"),
         ("train:\n  early_stopping_min_delta: 1.5\n", "early_stopping_min_delta is a fraction"),
+        ("train:\n  early_stopping_tail: 1.0\n", "early_stopping_tail is a fraction"),
     ],
 )
 def test_bad_config_files_are_input_errors(tmp_path, text, problem):
@@ -83,6 +84,7 @@ def test_new_training_fields_default_to_eq19_the_shared_mixture_and_no_early_sto
     assert (train.kl_normalisation, train.subset_sampling) == ("image_pixels", "mixture")
     assert (train.early_stopping_patience, train.early_stopping_min_delta, train.complete_subjects_only) == \
         (0, 0.01, False)
+    assert train.early_stopping_tail == 0.0  # the patience rule when early stopping is on
 
 
 @pytest.mark.parametrize("method", ["mmgan", "m2dn"])

@@ -74,6 +74,10 @@ class TrainConfig:
     # `early_stopping_min_delta` of the best val_loss so far (0: off).
     early_stopping_patience: int = 0
     early_stopping_min_delta: float = 0.01
+    # > 0: the flat-tail rule instead (training/stopping.py): stop once val_loss has changed by less than
+    # `early_stopping_min_delta` over this fraction of the steps so far, a window of at least
+    # `early_stopping_patience` validations.
+    early_stopping_tail: float = 0.0
     # An "epoch" is `checkpoint_every` steps; a checkpoint closes each one, so a resumed run restarts at an
     # epoch boundary with the batch sampler, RNGs and memory exactly where they were.
     checkpoint_every: int = 500
@@ -119,6 +123,9 @@ class TrainConfig:
         if not 0 <= self.early_stopping_min_delta < 1:
             raise ValueError("early_stopping_min_delta is a fraction of the best val_loss, in [0, 1), got "
                              f"{self.early_stopping_min_delta}")
+        if not 0 <= self.early_stopping_tail < 1:
+            raise ValueError(f"early_stopping_tail is a fraction of the steps, in [0, 1), got "
+                             f"{self.early_stopping_tail}")
 
 
 @dataclass

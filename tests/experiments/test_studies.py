@@ -128,31 +128,37 @@ def test_a_learning_rate_sweep_and_seeds_for_some_methods(benchmark_page, tmp_pa
     caplog.set_level(logging.INFO, logger="mmhvae")
     caplog.clear()
     chosen = dataclasses.replace(settings, ablation=False, methods=("mmhvae", "mmgan"), seeds=2,
-                                 learning_rates=(1e-3, 2e-3))
+                                 learning_rates=(1e-3, 2e-3), steps=STEPS + 1, tuning_steps=STEPS)
     page = phantom_benchmark(tmp_path / "work", tmp_path / "page.md", chosen)
     text = page.read_text()
     assert "## Table II analogue" not in text
-    assert "--no-ablation" in text and "--seeds 2" in text and "--learning-rates 0.001,0.002" in text
+    assert all(flag in text for flag in ("--no-ablation", "--seeds 2", "--learning-rates 0.001,0.002",
+                                         f"--steps {STEPS + 1}", f"--tuning-steps {STEPS}"))
+    assert f"first seed after at most {STEPS} steps" in text
     sweep = table_rows(text, "## Learning rates")
     assert [r[0] for r in sweep] == ["mmhvae", "mmgan"] and all(sum("**" in c for c in r) == 1 for r in sweep)
     assert {r[0] for r in table_rows(text, "## Table I analogue")} == {"mmhvae", "mmgan", "mean-image"}
     for wrong in (("mopoe",), ("mmhvae", "pix2pix")):  # mmhvae is needed; unknown methods are refused
         with pytest.raises(InputError, match="--methods"):
             dataclasses.replace(settings, methods=wrong)
+    with pytest.raises(InputError, match="--tuning-steps"):
+        dataclasses.replace(settings, tuning_steps=-1)
 
     def trained(name):
-        (model,) = [m for m in (tmp_path / "work" / "runs").glob("*/model.pt")
-                    if re.fullmatch(rf"{re.escape(name)}-[0-9a-f]+", m.parent.name)]
-        return load_model_file(model).meta["config"]["train"]
+        """The train sections of the runs of `name`, by their cap."""
+        models = [m for m in (tmp_path / "work" / "runs").glob("*/model.pt")
+                  if re.fullmatch(rf"{re.escape(name)}-[0-9a-f]+", m.parent.name)]
+        return {c["max_steps"]: c for c in (load_model_file(m).meta["config"]["train"] for m in models)}
 
     for lr in ("0.001", "0.002"):  # the sweep keeps each recipe's ratio of final to initial rate
-        mmgan, mmhvae = trained(f"mmgan-lr{lr}-seed0"), trained(f"mmhvae-lr{lr}-seed0")
+        mmgan, mmhvae = trained(f"mmgan-lr{lr}-seed0")[STEPS], trained(f"mmhvae-lr{lr}-seed0")[STEPS]
         assert mmgan["lr"] == float(lr) and mmgan["lr_final"] == float(lr) and mmgan["critic_lr"] == 2e-4
         assert mmhvae["lr_final"] == pytest.approx(float(lr) / 20)
-    runs = [m.name for m in (tmp_path / "work" / "runs").iterdir()]
-    seeds = [trained(name) for name in ("mmhvae-lr0.001-seed1", "mmhvae-lr0.002-seed1")
-             if any(re.fullmatch(rf"{re.escape(name)}-[0-9a-f]+", run) for run in runs)]
+    seeds = [run for name in ("mmhvae-lr0.001-seed1", "mmhvae-lr0.002-seed1") for run in trained(name).values()]
     assert len(seeds) == 1 and seeds[0]["seed"] == 1 and seeds[0]["fold_seed"] == 0  # same validation split
+    assert seeds[0]["max_steps"] == STEPS + 1  # the chosen rate's seeds train to the full cap
+    lr = f"{seeds[0]['lr']:g}"
+    assert sorted(trained(f"mmhvae-lr{lr}-seed0")) == [STEPS, STEPS + 1]  # the sweep's run and the seed's
 
 
 def test_paper_groups_map_onto_smaller_hierarchies():

@@ -635,6 +635,34 @@ def test_early_stopping_asks_for_a_relative_improvement():
     assert stopping._evaluate_stopping_criteria(torch.tensor(972.0))[0]  # 972 > 0.99 x 980: a second plateau
 
 
+def test_flat_tail_stopping_stops_once_the_tail_is_flat_and_resumes_exactly(cohort, config_file, tmp_path):
+    """Validations every 2 steps; the tail rule over the last half of the steps, at least 2 validations in it,
+    a 99 % change allowed: the first window of two validations (steps 2 and 4) stops the run at step 4 of 10.
+    Interrupted at step 2 and resumed, it stops at step 4 too, which needs the curve saved in the checkpoint
+    (without it, step 4's window would hold one validation and the run would go on to step 6)."""
+    flat = {"early_stopping_patience": 2, "early_stopping_min_delta": 0.99, "early_stopping_tail": 0.5}
+    run = tmp_path / "run"
+    train(cohort, run, config_file, max_steps=10, progress=False, stop_at_step=2, overrides=flat)
+    assert load_model_file(run / "model.pt").meta["stop_reason"] == "interrupted"
+    train(cohort, run, resume=True, progress=False)
+    meta = load_model_file(run / "model.pt").meta
+    assert (meta["steps"], meta["stop_reason"]) == (4, "converged")
+    strict = {**flat, "early_stopping_min_delta": 0.0}  # nothing is flat: the cap ends the run
+    model = train(cohort, tmp_path / "strict", config_file, max_steps=6, progress=False, overrides=strict)
+    assert load_model_file(model).meta["stop_reason"] == "max_steps"
+
+
+def test_the_flat_tail_criterion_needs_enough_validations_and_a_small_relative_change():
+    from mmhvae.training.stopping import flat_tail, tail_change
+
+    curve = [(100, 1.0), (200, 0.5), (300, 0.40), (400, 0.398), (500, 0.397)]
+    assert tail_change(curve, 0.2).change == pytest.approx(0.397 / 0.398 - 1)  # window: steps 400 and 500
+    assert flat_tail(curve, 0.2, 0.01, 2) and not flat_tail(curve, 0.2, 0.01, 3)  # two validations only
+    assert flat_tail(curve, 0.45, 0.01, 3)  # steps 300-500: 0.40 -> 0.397, -0.75 %
+    assert not flat_tail(curve, 0.45, 0.005, 3) and not flat_tail(curve, 0.7, 0.01, 3)  # 200-500: -21 %
+    assert not flat_tail([(100, 1.0)], 0.9, 0.5, 1)  # one point is never a flat curve
+
+
 def test_training_runs_with_the_single_sample_kl_of_eq19(cohort, tmp_path):
     config = tmp_path / "sample-kl.yaml"
     config.write_text(SMALL_CONFIG.replace("  decoder_blocks: 1\n", "  decoder_blocks: 1\n  kl: sample\n"))

@@ -64,7 +64,8 @@ def run_ablate(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from mmhvae.experiments.phantom_benchmark import PhantomBenchmark, phantom_benchmark
 
-    settings = PhantomBenchmark(config=args.config, steps=args.steps, train_subjects=args.train_subjects,
+    settings = PhantomBenchmark(config=args.config, steps=args.steps, tuning_steps=args.tuning_steps,
+                                train_subjects=args.train_subjects,
                                 train_seed=args.train_seed, test_subjects=args.test_subjects,
                                 test_seed=args.test_seed, size=args.size, with_lpips=not args.no_lpips,
                                 ablation=not args.no_ablation, seeds=args.seeds,
@@ -151,6 +152,8 @@ def add_report(verbs: argparse._SubParsersAction) -> None:
     report.add_argument("--config", default="tiny", help="network and training preset or YAML file")
     report.add_argument("--steps", type=int, default=300,
                         help="the cap on every model's training steps (equal budgets; early stopping may end sooner)")
+    report.add_argument("--tuning-steps", type=int, default=0,
+                        help="the cap of the learning-rate sweep's runs (default 0: --steps)")
     report.add_argument("--train-subjects", type=int, default=48)
     report.add_argument("--train-seed", type=int, default=0)
     report.add_argument("--test-subjects", type=int, default=16)

@@ -4,6 +4,7 @@ states an ordering, a significance or a convergence generated from the numbers p
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,14 @@ from mmhvae.evaluation.tables import (
 )
 from mmhvae.experiments.posterior_spread import spread_summary
 from mmhvae.experiments.runs import run_summary
-from mmhvae.experiments.tuning import TAIL, TOLERANCE, chosen_learning_rate, convergence, validation_curve
+from mmhvae.experiments.tuning import (
+    MIN_TAIL_VALIDATIONS,
+    TAIL,
+    TOLERANCE,
+    chosen_learning_rate,
+    convergence,
+    validation_curve,
+)
 from mmhvae.experiments.variants import ablation_groups
 from mmhvae.inference.synthesis import synthesise
 from mmhvae.io.layouts import SubjectFiles
@@ -90,7 +98,7 @@ def page_text(settings, base: RunConfig, results: BenchmarkResults, command: str
                     method_summary(table_rows, names)),
         *paragraphs("## Paired differences: MMHVAE against each method", paired_differences(table_rows, "mmhvae",
                                                                                             names),
-                    claims_text(table_rows, names, converged_runs(results))),
+                    claims_text(table_rows, names, unconverged_methods(results))),
         *pair_section(results.rows, names),
         *spread_section(results.spread),
         *(paragraphs("## Table II analogue: ablations (same cap, same test cohort)",
@@ -108,11 +116,10 @@ def page_title(settings) -> str:
 def set_up(settings, base: RunConfig) -> str:
     """The bullet list of the set-up: cohorts, training, tuning, metrics, statistics, machine."""
     tuning = (f"the learning rate of each method chosen among {', '.join(f'{lr:g}' for lr in settings.learning_rates)}"
-              " by its final validation loss at the first seed (below), the method's recipe otherwise"
+              f" by its final validation loss at the first seed after at most {settings.sweep_steps} steps (below), "
+              "the method's recipe otherwise"
               if settings.learning_rates else "each method at its own recipe's learning rate (methods.py)")
-    stopping = (f"early stopping once the validation loss has not improved by {base.train.early_stopping_min_delta:.0%}"
-                f" for {base.train.early_stopping_patience} validations"
-                if base.train.early_stopping_patience else "no early stopping")
+    stopping = stopping_rule(base)
     return "\n".join([
         f"- Training cohort: `mmhvae simulate --subjects {settings.train_subjects} --seed {settings.train_seed} "
         f"--missing {settings.train_missing} --size {settings.size}`"
@@ -133,6 +140,19 @@ def set_up(settings, base: RunConfig) -> str:
         "mean image of each target.",
         "- Minutes are wall time on 2 CPU cores, longer where a run shared the machine with other jobs.",
     ])
+
+
+def stopping_rule(base: RunConfig) -> str:
+    """The early-stopping rule of the page's config, in words (training/stopping.py)."""
+    train = base.train
+    if not train.early_stopping_patience:
+        return "no early stopping"
+    if train.early_stopping_tail:
+        return (f"early stopping once the validation loss has changed by less than {train.early_stopping_min_delta:.0%}"
+                f" over the last {train.early_stopping_tail:.0%} of the steps (at least "
+                f"{train.early_stopping_patience} validations in that window)")
+    return (f"early stopping once the validation loss has not improved by {train.early_stopping_min_delta:.0%}"
+            f" for {train.early_stopping_patience} validations")
 
 
 def runs_table(results: BenchmarkResults) -> str:
@@ -157,7 +177,22 @@ def tuning_section(results: BenchmarkResults) -> list[str]:
     return paragraphs("## Learning rates (validation split, first seed)",
                       "\n".join(markdown_lines(["method"] + [f"lr {lr:g}" for lr in rates], rows)),
                       "Final validation loss of each method at each learning rate; bold: the one kept for its "
-                      "seeds.")
+                      "seeds." + edge_of_sweep(results.learning_rates, rates))
+
+
+def edge_of_sweep(sweep: dict[str, dict[float, float]], rates: list[float]) -> str:
+    """A sentence naming the methods whose chosen rate is the smallest or largest tried (the sweep may not
+    bracket their best rate), or nothing."""
+    if len(rates) < 2:
+        return ""
+    edges = {"largest": rates[-1], "smallest": rates[0]}
+    parts = []
+    for word, rate in edges.items():
+        methods = [m for m, losses in sweep.items() if losses and chosen_learning_rate(losses) == rate]
+        if methods:
+            parts.append(f"{len(methods)} of {len(sweep)} methods ({', '.join(methods)}) chose the {word} rate "
+                         "tried, so the sweep does not bracket their best rate")
+    return (" " + "; ".join(parts) + ".") if parts else ""
 
 
 def loss_cell(loss: float, chosen: bool) -> str:
@@ -178,21 +213,22 @@ def convergence_section(results: BenchmarkResults) -> list[str]:
                     + ", ".join(not_converged) + ".")
     figure = f"![validation curves]({results.curves_png.name})" if results.curves_png else ""
     return paragraphs("## Convergence", f"Criterion: the validation loss changes by less than {TOLERANCE:.0%} over "
-                      f"the last {TAIL:.0%} of a run's steps.", figure,
+                      f"the last {TAIL:.0%} of a run's steps (a window holding at least {MIN_TAIL_VALIDATIONS} "
+                      "validations).", figure,
                       "\n".join(markdown_lines(["model", "seed", "steps", f"change over the last {TAIL:.0%}",
                                                 "converged"], rows)), verdict_text)
 
 
-def converged_runs(results: BenchmarkResults) -> tuple[int, int]:
-    """(runs meeting the convergence criterion, runs)."""
-    judged = [convergence(validation_curve(model.parent)).converged for model in results.models.values()]
-    return sum(judged), len(judged)
+def unconverged_methods(results: BenchmarkResults) -> list[str]:
+    """The methods with at least one run that does not meet the convergence criterion, in the page's order."""
+    return list(dict.fromkeys(name for (name, _), model in results.models.items()
+                              if not convergence(validation_curve(model.parent)).converged))
 
 
-def claims_text(rows: list[dict], names: tuple[str, ...], converged: tuple[int, int] | None = None) -> str:
+def claims_text(rows: list[dict], names: tuple[str, ...], unconverged: Sequence[str] = ()) -> str:
     """Which of the paper's Table I orderings (MMHVAE better than every baseline in every metric of both tasks)
-    hold here, by the claim rule of `verdict`; with `converged` (runs meeting the criterion, runs), a caveat
-    when some runs had not flattened."""
+    hold here, by the claim rule of `verdict`, with a caveat naming the `unconverged` methods (some run had
+    not flattened)."""
     held, reversed_, open_ = [], [], []
     for task in ("synthesis", "harmonisation"):
         for metric in names:
@@ -202,9 +238,10 @@ def claims_text(rows: list[dict], names: tuple[str, ...], converged: tuple[int, 
                 (held if outcome == "mmhvae better" else reversed_ if outcome == "mmhvae worse" else open_).append(
                     text)
     caveat = ""
-    if converged is not None and converged[0] < converged[1]:
-        caveat = (f" Only {converged[0]} of {converged[1]} runs met the convergence criterion, so these orderings "
-                  "describe the methods at this budget, not converged methods.")
+    if unconverged:
+        caveat = (f" Some runs of {', '.join(unconverged)} did not meet the convergence criterion, so the orderings "
+                  "that involve " + ("it" if len(unconverged) == 1 else "them") + " describe "
+                  + ("that method" if len(unconverged) == 1 else "those methods") + " at this budget, not converged.")
     return "\n".join([
         f"The paper's Table I ranks MMHVAE above every baseline.{caveat} Here, by the rule above:",
         f"- MMHVAE better (the paper's ordering holds): {', '.join(held) or 'none'}.",

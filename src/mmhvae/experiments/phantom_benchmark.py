@@ -48,6 +48,9 @@ class PhantomBenchmark:
 
     config: str = "tiny"
     steps: int = 300  # the cap of every run (a run may stop earlier, see the config's early stopping)
+    # The budget of the learning-rate sweep's runs (0: `steps`); a sweep at a shorter budget ranks the rates
+    # at a fraction of the cost, the chosen rate's seeds then train to the full cap.
+    tuning_steps: int = 0
     train_subjects: int = 48
     train_seed: int = 0
     train_missing: str = "remind"
@@ -69,9 +72,16 @@ class PhantomBenchmark:
             raise InputError(f"--methods must include mmhvae (got {','.join(self.methods)})")
         if self.seeds < 1:
             raise InputError(f"--seeds must be at least 1, got {self.seeds}")
+        if self.tuning_steps < 0:
+            raise InputError(f"--tuning-steps must be 0 (the --steps cap) or positive, got {self.tuning_steps}")
         if any(not lr > 0 for lr in self.learning_rates):
             raise InputError(f"--learning-rates must be positive numbers, got {self.learning_rates}")
         self.learning_rates = tuple(float(lr) for lr in self.learning_rates)
+
+    @property
+    def sweep_steps(self) -> int:
+        """The cap of each run of the learning-rate sweep."""
+        return self.tuning_steps or self.steps
 
     def command(self, work: Path, page: Path) -> str:
         defaults = PhantomBenchmark()
@@ -161,7 +171,7 @@ def tuned_learning_rate(method: str, settings: PhantomBenchmark, base: RunConfig
     losses = {}
     for lr in settings.learning_rates:
         model = train_variant(learning_rate_variant(method, base, lr, base.train.seed), train_data, runs, base,
-                              settings.steps)
+                              settings.sweep_steps)
         losses[lr] = final_validation_loss(model.parent)
     if losses:
         log.info(f"{method}: learning rate {chosen_learning_rate(losses):g} (validation loss "

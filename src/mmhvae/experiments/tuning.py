@@ -19,11 +19,13 @@ import numpy as np
 from mmhvae.config import RunConfig, with_method
 from mmhvae.experiments.variants import Variant
 from mmhvae.io.files import atomic_path
+from mmhvae.training.stopping import flat_tail, tail_change
 
 VALIDATION_LOSS = "val_loss"
 # Convergence: the validation loss moves by less than TOLERANCE (relative) over the last TAIL of the steps.
 TAIL = 0.2
 TOLERANCE = 0.01
+MIN_TAIL_VALIDATIONS = 3
 
 
 def validation_curve(run: Path) -> list[tuple[int, float]]:
@@ -54,14 +56,11 @@ class Convergence:
 
 
 def convergence(curve: Sequence[tuple[int, float]], tail: float = TAIL, tolerance: float = TOLERANCE) -> Convergence:
-    """The criterion of the page: |relative change of the validation loss over the last `tail` of the steps|
-    below `tolerance`; a curve of fewer than three validations is not judged converged."""
-    if len(curve) < 3:
-        return Convergence(curve[-1][0] if curve else 0, math.nan, False)
-    last_step, last = curve[-1]
-    start = next(value for step, value in curve if step >= (1 - tail) * last_step)
-    change = (last - start) / start if start else math.nan
-    return Convergence(last_step, change, bool(abs(change) < tolerance))
+    """The criterion of the page (training/stopping.py `flat_tail`, the rule early stopping can use): |relative
+    change of the validation loss over the last `tail` of the steps| below `tolerance`, with at least
+    MIN_TAIL_VALIDATIONS validations in that window."""
+    moved = tail_change(curve, tail)
+    return Convergence(moved.steps, moved.change, flat_tail(curve, tail, tolerance, MIN_TAIL_VALIDATIONS))
 
 
 def learning_rate_variant(method: str, base: RunConfig, lr: float, seed: int) -> Variant:
