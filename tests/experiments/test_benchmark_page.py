@@ -19,3 +19,21 @@ def test_the_claims_carry_a_caveat_naming_the_methods_that_had_not_converged():
     one = claims_text([], ("psnr",), ["m2dn"])
     assert "Some runs of m2dn did not meet the convergence criterion" in one and "involve it" in one
     assert "involve them describe those methods" in claims_text([], ("psnr",), ["mmgan", "m2dn"])
+
+
+def test_a_narrower_method_is_judged_on_its_own_cells_as_its_table_shows_it():
+    """MHVAE (us, t2) is better than MMHVAE on us -> t2, while MMHVAE's pooled synthesis (which also has the
+    easy us -> t1c cell) is higher: the claim must follow the cells both were scored on."""
+    from mmhvae.experiments.benchmark_page import claims_text
+
+    def row(method, target, subject, seed, psnr):
+        return {"method": method, "inputs": "us", "target": target, "task": "synthesis", "subject": f"s{subject}",
+                "seed": seed, "psnr": psnr + 0.01 * subject + 0.001 * seed}
+
+    rows = []
+    for subject in range(10):
+        for seed in (0, 1):
+            rows += [row("mmhvae", "t2", subject, seed, 10.0), row("mmhvae", "t1c", subject, seed, 40.0),
+                     row("mhvae", "t2", subject, seed, 20.0 + 0.05 * subject)]
+    text = claims_text(rows, ("psnr",))
+    assert "MMHVAE worse (the ordering is reversed): mhvae (synthesis PSNR)." in text

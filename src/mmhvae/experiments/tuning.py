@@ -95,7 +95,8 @@ def curves_figure(png: Path, curves: dict[str, list[list[tuple[int, float]]]]) -
                 ax.plot(steps, values, lw=1)
         ax.set_title(method, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-        ax.set_ylabel("validation loss", fontsize=8)
+        ax.set_ylabel("validation loss (log)", fontsize=8)
+        ax.set_yscale("log")  # the flattening tail the criterion judges is visible only on a log scale
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(curves):]:
         ax.axis("off")
