@@ -640,6 +640,9 @@ def test_flat_tail_stopping_stops_once_the_tail_is_flat_and_resumes_exactly(coho
     a 99 % change allowed: the first window of two validations (steps 2 and 4) stops the run at step 4 of 10.
     Interrupted at step 2 and resumed, it stops at step 4 too, which needs the curve saved in the checkpoint
     (without it, step 4's window would hold one validation and the run would go on to step 6)."""
+    from mmhvae.experiments.tuning import validation_curve
+    from mmhvae.training.stopping import flat_tail
+
     flat = {"early_stopping_patience": 2, "early_stopping_min_delta": 0.99, "early_stopping_tail": 0.5}
     run = tmp_path / "run"
     train(cohort, run, config_file, max_steps=10, progress=False, stop_at_step=2, overrides=flat)
@@ -647,6 +650,8 @@ def test_flat_tail_stopping_stops_once_the_tail_is_flat_and_resumes_exactly(coho
     train(cohort, run, resume=True, progress=False)
     meta = load_model_file(run / "model.pt").meta
     assert (meta["steps"], meta["stop_reason"]) == (4, "converged")
+    curve = validation_curve(run)  # what a results page judges: the same steps, so the same verdict
+    assert [step for step, _ in curve] == [2, 4] and flat_tail(curve, 0.5, 0.99, 2)
     strict = {**flat, "early_stopping_min_delta": 0.0}  # nothing is flat: the cap ends the run
     model = train(cohort, tmp_path / "strict", config_file, max_steps=6, progress=False, overrides=strict)
     assert load_model_file(model).meta["stop_reason"] == "max_steps"

@@ -183,7 +183,7 @@ def tuning_section(results: BenchmarkResults) -> list[str]:
 
 def edge_of_sweep(sweep: dict[str, dict[float, float]], rates: list[float]) -> str:
     """A sentence naming the methods whose chosen rate is the smallest or largest tried (the sweep may not
-    bracket their best rate), or nothing."""
+    bracket their best rate), or saying that every chosen rate lies inside the grid."""
     if len(rates) < 2:
         return ""
     edges = {"largest": rates[-1], "smallest": rates[0]}
@@ -193,7 +193,9 @@ def edge_of_sweep(sweep: dict[str, dict[float, float]], rates: list[float]) -> s
         if methods:
             parts.append(f"{len(methods)} of {len(sweep)} methods ({', '.join(methods)}) chose the {word} rate "
                          "tried, so the sweep does not bracket their best rate")
-    return (" " + "; ".join(parts) + ".") if parts else ""
+    if parts:
+        return " " + "; ".join(parts) + "."
+    return " Every method's chosen rate lies inside the grid: a smaller and a larger rate both did worse."
 
 
 def loss_cell(loss: float, chosen: bool) -> str:
@@ -216,8 +218,9 @@ def convergence_section(results: BenchmarkResults) -> list[str]:
     return paragraphs("## Convergence", f"Criterion: the validation loss changes by less than {TOLERANCE:.0%} over "
                       f"the last {TAIL:.0%} of a run's steps (a window holding at least {MIN_TAIL_VALIDATIONS} "
                       "validations).", figure,
-                      "\n".join(markdown_lines(["model", "seed", "steps", f"change over the last {TAIL:.0%}",
-                                                "converged"], rows)), verdict_text)
+                      "\n".join(markdown_lines(["model", "seed", "steps",
+                                                f"change over the last {TAIL:.0%}", "converged"], rows)),
+                      verdict_text)
 
 
 def unconverged_methods(results: BenchmarkResults) -> list[str]:

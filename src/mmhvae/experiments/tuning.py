@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmhvae.config import RunConfig, with_method
+from mmhvae.config import RunConfig, load_config, with_method
 from mmhvae.experiments.variants import Variant
 from mmhvae.io.files import atomic_path
 from mmhvae.training.stopping import flat_tail, tail_change
@@ -29,14 +29,20 @@ MIN_TAIL_VALIDATIONS = 3
 
 
 def validation_curve(run: Path) -> list[tuple[int, float]]:
-    """(step, validation loss) of every validation of a run folder, over all its training sessions."""
+    """(steps trained, validation loss) of every validation of a run folder, over all its training sessions.
+
+    Validations happen every `train.validate_every` steps, but Lightning's CSV log numbers a first session's
+    rows by the 0-based index of their last batch and a resumed session's by the steps trained; rounding up to
+    a multiple of validate_every gives the steps trained in both, the step early stopping
+    (training/stopping.py) and the model file's `steps` see, so the page and the run judge one curve."""
+    every = load_config(Path(run) / "config.yaml").train.validate_every
     points: dict[int, float] = {}
     for log in sorted(Path(run).glob("logs/session-*/metrics.csv")):
         with open(log, newline="") as handle:
             for row in csv.DictReader(handle):
                 value, step = row.get(VALIDATION_LOSS, ""), row.get("step", "")
                 if value not in ("", None) and step not in ("", None):
-                    points[int(float(step))] = float(value)
+                    points[math.ceil(int(float(step)) / every) * every] = float(value)
     return sorted(points.items())
 
 
