@@ -218,9 +218,8 @@ def convergence_section(results: BenchmarkResults) -> list[str]:
     return paragraphs("## Convergence", f"Criterion: the validation loss changes by less than {TOLERANCE:.0%} over "
                       f"the last {TAIL:.0%} of a run's steps (a window holding at least {MIN_TAIL_VALIDATIONS} "
                       "validations).", figure,
-                      "\n".join(markdown_lines(["model", "seed", "steps",
-                                                f"change over the last {TAIL:.0%}", "converged"], rows)),
-                      verdict_text)
+                      "\n".join(markdown_lines(["model", "seed", "steps", f"change over the last {TAIL:.0%}",
+                                                "converged"], rows)), verdict_text)
 
 
 def unconverged_methods(results: BenchmarkResults) -> list[str]:
