@@ -40,6 +40,17 @@ def test_yaml_overrides_a_base_and_round_trips(tmp_path):
     assert load_config(tmp_path / "saved.yaml") == config
 
 
+def test_exponent_without_a_dot_is_a_float(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-2 as a string; a float field takes it as the number it spells.
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  lr: 1e-2\n  lr_final: 5E-5\n")
+    config = load_config(path)
+    assert config.train.lr == 0.01 and config.train.lr_final == 5e-5
+    path.write_text("train:\n  lr: fast\n")
+    with pytest.raises(InputError, match="field 'train.lr' has the wrong type"):
+        load_config(path)
+
+
 @pytest.mark.parametrize(
     "text, problem",
     [

@@ -176,14 +176,27 @@ def _accepts(annotation: Any, value: Any) -> bool:
     return True
 
 
+def _yaml_float(annotation: Any, value: Any) -> Any:
+    """`value` as a float where a float field holds a string YAML 1.1 left unparsed, such as 1e-2 (PyYAML reads
+    a float only with a dot: 1.0e-2); anything else unchanged."""
+    if annotation is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _update(instance: Any, values: dict[str, Any], section: str, source: str) -> Any:
     if not isinstance(values, dict):
         raise InputError(f"section '{section}' must be a mapping", source)
+    values = dict(values)
     hints = typing.get_type_hints(type(instance))
     names = {f.name for f in dataclasses.fields(instance)}
     for key, value in values.items():
         if key not in names:
             raise InputError(f"unknown field {f'{section}.{key}'!r} (known: {', '.join(sorted(names))})", source)
+        values[key] = value = _yaml_float(hints[key], value)
         if not _accepts(hints[key], value):
             raise InputError(f"field '{section}.{key}' has the wrong type: {value!r} (expected {hints[key]})", source)
     merged = dataclasses.asdict(instance) | values
