@@ -46,9 +46,12 @@ def test_exponent_without_a_dot_is_a_float(tmp_path):
     path.write_text("train:\n  lr: 1e-2\n  lr_final: 5E-5\n")
     config = load_config(path)
     assert config.train.lr == 0.01 and config.train.lr_final == 5e-5
-    path.write_text("train:\n  lr: fast\n")
-    with pytest.raises(InputError, match="field 'train.lr' has the wrong type"):
-        load_config(path)
+    path.write_text("train:\n  max_minutes: 1e2\n")
+    assert load_config(path).train.max_minutes == 100.0
+    for word in ("fast", "nan"):
+        path.write_text(f"train:\n  lr: {word}\n")
+        with pytest.raises(InputError, match="field 'train.lr' has the wrong type"):
+            load_config(path)
 
 
 @pytest.mark.parametrize(

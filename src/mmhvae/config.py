@@ -11,6 +11,7 @@ method's network and, under the values a file sets itself, its training recipe.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field, replace
@@ -154,6 +155,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
+YAML_1_2_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
 def _accepts(annotation: Any, value: Any) -> bool:
     """Whether `value` (from YAML) fits a dataclass field annotation; ints are accepted for floats."""
     origin = typing.get_origin(annotation)
@@ -177,13 +181,11 @@ def _accepts(annotation: Any, value: Any) -> bool:
 
 
 def _yaml_float(annotation: Any, value: Any) -> Any:
-    """`value` as a float where a float field holds a string YAML 1.1 left unparsed, such as 1e-2 (PyYAML reads
-    a float only with a dot: 1.0e-2); anything else unchanged."""
-    if annotation is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
+    """`value` as a float where a float field (optional or not) holds a number YAML 1.1 left a string, such as
+    1e-2 (PyYAML reads an exponent as a float only with a dot: 1.0e-2); anything else unchanged."""
+    takes_float = annotation is float or float in typing.get_args(annotation)
+    if takes_float and isinstance(value, str) and YAML_1_2_FLOAT.fullmatch(value.strip()):
+        return float(value)
     return value
 
 
