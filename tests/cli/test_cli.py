@@ -154,3 +154,12 @@ def test_progress_messages_appear_on_stdout_once_however_often_main_runs(tmp_pat
     library.debug("a detail for developers")
     assert capsys.readouterr().out == "case1: inputs us -> t2\n"
     assert mmhvae_logger.propagate
+
+
+def test_report_learning_rate_default_is_the_benchmarks_grid():
+    from mmhvae.cli.evaluation import learning_rates
+    from mmhvae.cli.main import build_parser
+    from mmhvae.experiments.phantom_benchmark import LEARNING_RATES
+
+    args = build_parser().parse_args(["report", "phantom-benchmark", "--work", "w", "--out", "p.md"])
+    assert learning_rates(args.learning_rates) == LEARNING_RATES

@@ -159,9 +159,9 @@ def add_report(verbs: argparse._SubParsersAction) -> None:
     report.add_argument("--test-subjects", type=int, default=16)
     report.add_argument("--test-seed", type=int, default=5000)
     report.add_argument("--size", type=int, default=64, help="in-plane size of the simulated phantom volumes")
-    report.add_argument("--learning-rates", default="5e-4,2e-3,5e-3,1e-2",
+    report.add_argument("--learning-rates", default="5e-4,2e-3,5e-3,1e-2,2e-2",
                         help="learning rates tried per method, chosen on the validation split, or 'recipe' "
-                             "(default 5e-4,2e-3,5e-3,1e-2)")
+                             "(default 5e-4,2e-3,5e-3,1e-2,2e-2)")
     add_no_lpips(report, help="skip LPIPS")
     report.add_argument("--no-ablation", action="store_true",
                         help="Table I methods only (no Table II variants): for larger budgets")

@@ -26,9 +26,7 @@ from mmhvae.evaluation.tables import (
 from mmhvae.experiments.posterior_spread import spread_summary
 from mmhvae.experiments.runs import run_summary
 from mmhvae.experiments.tuning import (
-    MIN_TAIL_VALIDATIONS,
-    TAIL,
-    TOLERANCE,
+    ConvergenceCriterion,
     chosen_learning_rate,
     convergence,
     validation_curve,
@@ -92,14 +90,15 @@ def page_text(settings, base: RunConfig, results: BenchmarkResults, command: str
                     "command."),
         *paragraphs("## Set-up", set_up(settings, base), runs_table(results)),
         *tuning_section(results),
-        *convergence_section(results),
+        *convergence_section(results, ConvergenceCriterion.of(base.train)),
         *paragraphs("## Table I analogue: every input combination and target",
                     markdown_table(table_rows, list(base.model.modalities), names)),
         *paragraphs("## Summary per method (every input combination and target of each task pooled)",
                     method_summary(table_rows, names)),
         *paragraphs("## Paired differences: MMHVAE against each method", paired_differences(table_rows, "mmhvae",
                                                                                             names),
-                    claims_text(table_rows, names, unconverged_methods(results))),
+                    claims_text(table_rows, names,
+                                unconverged_methods(results, ConvergenceCriterion.of(base.train)))),
         *pair_section(results.rows, names),
         *spread_section(results.spread),
         *(paragraphs("## Table II analogue: ablations (same cap, same test cohort)",
@@ -149,9 +148,11 @@ def stopping_rule(base: RunConfig) -> str:
     if not train.early_stopping_patience:
         return "no early stopping"
     if train.early_stopping_tail:
+        earliest = ConvergenceCriterion.of(train).earliest_step(train.validate_every)
         return (f"early stopping once the validation loss has changed by less than {train.early_stopping_min_delta:.0%}"
                 f" over the last {train.early_stopping_tail:.0%} of the steps (at least "
-                f"{train.early_stopping_patience} validations in that window)")
+                f"{train.early_stopping_patience} validations in that window; validated every "
+                f"{train.validate_every} steps" + (f", so no run stops before step {earliest})" if earliest else ")"))
     return (f"early stopping once the validation loss has not improved by {train.early_stopping_min_delta:.0%}"
             f" for {train.early_stopping_patience} validations")
 
@@ -204,9 +205,9 @@ def loss_cell(loss: float, chosen: bool) -> str:
     return f"**{text}**" if chosen else text
 
 
-def convergence_section(results: BenchmarkResults) -> list[str]:
+def convergence_section(results: BenchmarkResults, criterion: ConvergenceCriterion) -> list[str]:
     """Every run's validation curve and whether it flattened (the criterion is stated and applied)."""
-    judged = [(name, seed, convergence(validation_curve(model.parent)))
+    judged = [(name, seed, convergence(validation_curve(model.parent), criterion))
               for (name, seed), model in results.models.items()]
     rows = [[name, seed, c.steps, "-" if math.isnan(c.change) else f"{c.change:+.1%}", "yes" if c.converged else "no"]
             for name, seed, c in judged]
@@ -215,17 +216,17 @@ def convergence_section(results: BenchmarkResults) -> list[str]:
                     f"{len(judged) - len(not_converged)} of {len(judged)} runs meet the criterion; not: "
                     + ", ".join(not_converged) + ".")
     figure = f"![validation curves]({results.curves_png.name})" if results.curves_png else ""
-    return paragraphs("## Convergence", f"Criterion: the validation loss changes by less than {TOLERANCE:.0%} over "
-                      f"the last {TAIL:.0%} of a run's steps (a window holding at least {MIN_TAIL_VALIDATIONS} "
-                      "validations).", figure,
-                      "\n".join(markdown_lines(["model", "seed", "steps", f"change over the last {TAIL:.0%}",
+    return paragraphs("## Convergence", f"Criterion: the validation loss changes by less than "
+                      f"{criterion.tolerance:.0%} over the last {criterion.tail:.0%} of a run's steps (a window "
+                      f"holding at least {criterion.validations} validations).", figure,
+                      "\n".join(markdown_lines(["model", "seed", "steps", f"change over the last {criterion.tail:.0%}",
                                                 "converged"], rows)), verdict_text)
 
 
-def unconverged_methods(results: BenchmarkResults) -> list[str]:
-    """The methods with at least one run that does not meet the convergence criterion, in the page's order."""
+def unconverged_methods(results: BenchmarkResults, criterion: ConvergenceCriterion) -> list[str]:
+    """The methods with at least one run that does not meet `criterion`, in the page's order."""
     return list(dict.fromkeys(name for (name, _), model in results.models.items()
-                              if not convergence(validation_curve(model.parent)).converged))
+                              if not convergence(validation_curve(model.parent), criterion).converged))
 
 
 def claims_text(rows: list[dict], names: tuple[str, ...], unconverged: Sequence[str] = ()) -> str:

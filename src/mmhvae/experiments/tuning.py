@@ -16,16 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mmhvae.config import RunConfig, load_config, with_method
+from mmhvae.config import RunConfig, TrainConfig, load_config, with_method
 from mmhvae.experiments.variants import Variant
 from mmhvae.io.files import atomic_path
 from mmhvae.training.stopping import flat_tail, tail_change
 
 VALIDATION_LOSS = "val_loss"
-# Convergence: the validation loss moves by less than TOLERANCE (relative) over the last TAIL of the steps.
-TAIL = 0.2
-TOLERANCE = 0.01
-MIN_TAIL_VALIDATIONS = 3
 
 
 def validation_curve(run: Path) -> list[tuple[int, float]]:
@@ -53,20 +49,49 @@ def final_validation_loss(run: Path) -> float:
 
 
 @dataclass(frozen=True)
+class ConvergenceCriterion:
+    """A curve has flattened when its validation loss moves by less than `tolerance` (relative) over the last
+    `tail` of its steps, that window holding at least `validations` validations."""
+
+    tail: float = 0.2
+    tolerance: float = 0.01
+    validations: int = 3
+
+    @classmethod
+    def of(cls, train: TrainConfig) -> ConvergenceCriterion:
+        """The flat-tail rule a config's early stopping applies (training/stopping.py), so that a page judges
+        its curves by the rule its runs stopped by; the default where the config stops another way."""
+        if train.early_stopping_patience and train.early_stopping_tail:
+            return cls(train.early_stopping_tail, train.early_stopping_min_delta, train.early_stopping_patience)
+        return cls()
+
+    def earliest_step(self, validate_every: int) -> int | None:
+        """The first step at which a run validated every `validate_every` steps can meet the criterion: that of
+        a perfectly flat curve (a stop cannot come earlier whatever the losses); None when even a flat curve
+        never does (a tolerance of 0)."""
+        if self.tolerance <= 0:
+            return None
+        flat = [(validate_every, 1.0)]
+        while not convergence(flat, self).converged:
+            flat.append(((len(flat) + 1) * validate_every, 1.0))
+        return flat[-1][0]
+
+
+@dataclass(frozen=True)
 class Convergence:
-    """Whether a curve has flattened: its relative change over the last TAIL of its steps."""
+    """Whether a curve has flattened: its relative change over the last tail of its steps."""
 
     steps: int
     change: float  # (last - value at the start of the tail) / value at the start of the tail
     converged: bool
 
 
-def convergence(curve: Sequence[tuple[int, float]], tail: float = TAIL, tolerance: float = TOLERANCE) -> Convergence:
-    """The criterion of the page (training/stopping.py `flat_tail`, the rule early stopping can use): |relative
-    change of the validation loss over the last `tail` of the steps| below `tolerance`, with at least
-    MIN_TAIL_VALIDATIONS validations in that window."""
-    moved = tail_change(curve, tail)
-    return Convergence(moved.steps, moved.change, flat_tail(curve, tail, tolerance, MIN_TAIL_VALIDATIONS))
+def convergence(curve: Sequence[tuple[int, float]],
+                criterion: ConvergenceCriterion = ConvergenceCriterion()) -> Convergence:
+    """Whether `curve` meets `criterion` (training/stopping.py `flat_tail`, the rule early stopping can use)."""
+    moved = tail_change(curve, criterion.tail)
+    return Convergence(moved.steps, moved.change,
+                       flat_tail(curve, criterion.tail, criterion.tolerance, criterion.validations))
 
 
 def learning_rate_variant(method: str, base: RunConfig, lr: float, seed: int) -> Variant:
