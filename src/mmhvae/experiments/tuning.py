@@ -19,7 +19,7 @@ import numpy as np
 from mmhvae.config import RunConfig, TrainConfig, load_config, with_method
 from mmhvae.experiments.variants import Variant
 from mmhvae.io.files import atomic_path
-from mmhvae.training.stopping import flat_tail, tail_change
+from mmhvae.training.stopping import flat_tail, flat_tail_rule, tail_change
 
 VALIDATION_LOSS = "val_loss"
 
@@ -61,9 +61,8 @@ class ConvergenceCriterion:
     def of(cls, train: TrainConfig) -> ConvergenceCriterion:
         """The flat-tail rule a config's early stopping applies (training/stopping.py), so that a page judges
         its curves by the rule its runs stopped by; the default where the config stops another way."""
-        if train.early_stopping_patience and train.early_stopping_tail:
-            return cls(train.early_stopping_tail, train.early_stopping_min_delta, train.early_stopping_patience)
-        return cls()
+        rule = flat_tail_rule(train)
+        return cls(*rule) if rule else cls()
 
     def earliest_step(self, validate_every: int) -> int | None:
         """The first step at which a run validated every `validate_every` steps can meet the criterion: that of

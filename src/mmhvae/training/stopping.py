@@ -105,6 +105,15 @@ class FlatTailStopping(Callback):
         self.reason = state_dict["reason"]
 
 
+def flat_tail_rule(train: TrainConfig) -> tuple[float, float, int] | None:
+    """The (tail, tolerance, validations) of `flat_tail` that `train` stops by; None when it stops by patience
+    or not at all. The one place that reads the rule from a config: early stopping applies it and a results page
+    judges curves by it (experiments/tuning.py `ConvergenceCriterion.of`)."""
+    if train.early_stopping_patience > 0 and train.early_stopping_tail > 0:
+        return train.early_stopping_tail, train.early_stopping_min_delta, train.early_stopping_patience
+    return None
+
+
 def early_stopping_callbacks(train: TrainConfig, validates: bool) -> list[Callback]:
     """The early-stopping callback of a run ([] when `train.early_stopping_patience` is 0 or nothing validates)."""
     if train.early_stopping_patience <= 0:
@@ -113,9 +122,9 @@ def early_stopping_callbacks(train: TrainConfig, validates: bool) -> list[Callba
         log.warning("train.early_stopping_patience is set, but no subject is held out for validation: training "
                     "runs to train.max_steps")
         return []
-    if train.early_stopping_tail > 0:
-        return [FlatTailStopping(train.early_stopping_tail, train.early_stopping_min_delta,
-                                 train.early_stopping_patience)]
+    rule = flat_tail_rule(train)
+    if rule:
+        return [FlatTailStopping(*rule)]
     return [RelativeEarlyStopping(train.early_stopping_patience, train.early_stopping_min_delta)]
 
 
