@@ -7,6 +7,7 @@ import pytest
 from scipy.stats import wilcoxon
 
 from mmhvae.evaluation.statistics import (
+    SIGNIFICANCE_LEVEL,
     Comparison,
     Scores,
     bootstrap_ci,
@@ -126,6 +127,7 @@ def test_the_paired_differences_table_pools_a_task_per_subject():
         rows += rows_for(values, seed)
     table = paired_differences(rows, "mmhvae", ("psnr",))
     assert "| synthesis | PSNR | other | +1.05 |" in table and "mmhvae better" in table
+    assert f"corrected p < {SIGNIFICANCE_LEVEL:g}" in table  # the caption states every condition a verdict applies
 
 
 def test_one_markdown_writer():

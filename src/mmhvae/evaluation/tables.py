@@ -237,7 +237,8 @@ def paired_differences(rows: list[dict], reference: str, metric_names: Sequence[
     caption = (f"Difference: {reference} minus the other method, the mean over subjects of paired per-subject "
                f"means (seed-averaged); CI: bootstrap (BCa) over subjects; p: two-sided Wilcoxon signed-rank over "
                f"subjects, {correction.capitalize()}-corrected over the comparisons of each task and metric. "
-               "A claim needs a CI that excludes 0 and a difference larger than its between-seed sd."
+               f"A claim needs a CI that excludes 0, a corrected p < {SIGNIFICANCE_LEVEL:g} and a difference larger "
+               "than its between-seed sd."
                + left_out_note(narrower))
     return "\n".join(markdown_lines(header, table) + ["", caption])
 
