@@ -37,3 +37,14 @@ def test_a_narrower_method_is_judged_on_its_own_cells_as_its_table_shows_it():
                      row("mhvae", "t2", subject, seed, 20.0 + 0.05 * subject)]
     text = claims_text(rows, ("psnr",))
     assert "MMHVAE worse (the ordering is reversed): mhvae (synthesis PSNR)." in text
+
+
+def test_the_convergence_section_says_which_methods_anneal_their_rate_to_the_cap():
+    from mmhvae.config import load_config
+    from mmhvae.experiments.benchmark_page import annealed_methods, schedule_note
+
+    annealed = annealed_methods(load_config("tiny"), ["mmhvae", "mmgan", "resvit", "m2dn", "mmhvae"])
+    assert annealed == ["mmhvae", "resvit"]  # a cosine to lr/20 and to 0; MM-GAN and M2DN keep a constant rate
+    note = schedule_note(["mmhvae", "mmgan", "resvit", "m2dn"], annealed)
+    assert note.startswith("mmhvae, resvit decay their learning rate") and "mmgan, m2dn train at a constant" in note
+    assert schedule_note(["mmgan"], []) == ""

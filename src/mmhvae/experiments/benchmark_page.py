@@ -91,7 +91,7 @@ def page_text(settings, base: RunConfig, results: BenchmarkResults, command: str
                     "command."),
         *paragraphs("## Set-up", set_up(settings, base), runs_table(results)),
         *tuning_section(results),
-        *convergence_section(results, criterion),
+        *convergence_section(results, criterion, annealed_methods(base, [name for name, _ in results.models])),
         *paragraphs("## Table I analogue: every input combination and target",
                     markdown_table(table_rows, list(base.model.modalities), names)),
         *paragraphs("## Summary per method (every input combination and target of each task pooled)",
@@ -206,8 +206,28 @@ def loss_cell(loss: float, chosen: bool) -> str:
     return f"**{text}**" if chosen else text
 
 
-def convergence_section(results: BenchmarkResults, criterion: ConvergenceCriterion) -> list[str]:
-    """Every run's validation curve and whether it flattened (the criterion is stated and applied)."""
+def annealed_methods(base: RunConfig, methods: Sequence[str]) -> list[str]:
+    """The methods whose recipe (methods.py) decays the learning rate to a lower final rate at the cap."""
+    return [m for m in dict.fromkeys(methods)
+            if with_method(base, m).train.lr_final < with_method(base, m).train.lr]
+
+
+def schedule_note(methods: Sequence[str], annealed: Sequence[str]) -> str:
+    """Why a flat tail means less for a method whose rate is annealed to the cap than for a constant-rate one."""
+    constant = [m for m in dict.fromkeys(methods) if m not in annealed]
+    if not annealed:
+        return ""
+    return (f"{', '.join(annealed)} decay their learning rate to its final value at the cap, so near the cap their "
+            "tail flattens partly because the rate has become small: a longer cap, with its slower decay, can "
+            "still lower their validation loss."
+            + (f" {', '.join(constant)} train at a constant rate, so their flat tail is a plateau at that rate."
+               if constant else ""))
+
+
+def convergence_section(results: BenchmarkResults, criterion: ConvergenceCriterion,
+                        annealed: Sequence[str] = ()) -> list[str]:
+    """Every run's validation curve and whether it flattened (the criterion is stated and applied), with what a
+    flat tail means under each method's schedule (`schedule_note`)."""
     judged = [(name, seed, convergence(validation_curve(model.parent), criterion))
               for (name, seed), model in results.models.items()]
     rows = [[name, seed, c.steps, "-" if math.isnan(c.change) else f"{c.change:+.1%}", "yes" if c.converged else "no"]
@@ -221,7 +241,8 @@ def convergence_section(results: BenchmarkResults, criterion: ConvergenceCriteri
                       f"{criterion.tolerance:.0%} over the last {criterion.tail:.0%} of a run's steps (a window "
                       f"holding at least {criterion.validations} validations).", figure,
                       "\n".join(markdown_lines(["model", "seed", "steps", f"change over the last {criterion.tail:.0%}",
-                                                "converged"], rows)), verdict_text)
+                                                "converged"], rows)), verdict_text,
+                      schedule_note([name for name, _ in results.models], annealed))
 
 
 def unconverged_methods(results: BenchmarkResults, criterion: ConvergenceCriterion) -> list[str]:
