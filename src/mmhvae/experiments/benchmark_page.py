@@ -207,14 +207,15 @@ def loss_cell(loss: float, chosen: bool) -> str:
 
 
 def annealed_methods(base: RunConfig, methods: Sequence[str]) -> list[str]:
-    """The methods whose recipe (methods.py) decays the learning rate to a lower final rate at the cap."""
-    return [m for m in dict.fromkeys(methods)
-            if with_method(base, m).train.lr_final < with_method(base, m).train.lr]
+    """The methods whose recipe (methods.py) decays the learning rate to a lower final rate at the cap (an
+    ablation variant's name, such as "L=2", is not a method and is left out)."""
+    return [m for m in dict.fromkeys(methods) if m in METHODS
+            and with_method(base, m).train.lr_final < with_method(base, m).train.lr]
 
 
 def schedule_note(methods: Sequence[str], annealed: Sequence[str]) -> str:
     """Why a flat tail means less for a method whose rate is annealed to the cap than for a constant-rate one."""
-    constant = [m for m in dict.fromkeys(methods) if m not in annealed]
+    constant = [m for m in dict.fromkeys(methods) if m in METHODS and m not in annealed]
     if not annealed:
         return ""
     return (f"{', '.join(annealed)} decay their learning rate to its final value at the cap, so near the cap their "
